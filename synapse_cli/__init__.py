@@ -1,0 +1,57 @@
+"""synapse: WebSocket RPC in one command — a server, a client and a load generator.
+
+Expose functions with a :class:`Registry`, serve them with ``synapse serve``, call them with
+:class:`Client` (or :func:`call` from a script, ``synapse call`` from a shell).
+
+The names are imported on first use, so ``synapse call`` does not pay for pydantic or uvicorn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallTimeout",
+    "Client",
+    "ConnectError",
+    "ConnectionLost",
+    "RPCError",
+    "Registry",
+    "SyncClient",
+    "SynapseError",
+    "__version__",
+    "call",
+]
+
+_LOCATIONS = {
+    "CallTimeout": "synapse_cli.errors",
+    "ConnectError": "synapse_cli.errors",
+    "ConnectionLost": "synapse_cli.errors",
+    "RPCError": "synapse_cli.errors",
+    "SynapseError": "synapse_cli.errors",
+    "Client": "synapse_cli.client",
+    "SyncClient": "synapse_cli.client",
+    "call": "synapse_cli.client",
+    "Registry": "synapse_cli.registry",
+}
+
+if TYPE_CHECKING:
+    from synapse_cli.client import Client, SyncClient, call
+    from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
+    from synapse_cli.registry import Registry
+
+
+def __getattr__(name: str) -> Any:
+    location = _LOCATIONS.get(name)
+    if location is None:
+        raise AttributeError(f"module 'synapse_cli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(location), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,375 @@
+"""The ``synapse`` command: serve / call / list. Thin: parse, call the library, render, exit code.
+
+Heavy modules (uvicorn, starlette, pydantic, rich tables) are imported inside the command that needs
+them, so ``synapse --help`` and ``synapse call`` start fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import orjson
+import typer
+
+from synapse_cli import __version__, render
+from synapse_cli.client import DEFAULT_URL, Client, ordered_calls
+from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
+
+__all__ = ["ExitStatus", "app", "main"]
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit codes of SPEC §4."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    CONNECT = 3
+    TIMEOUT = 4
+    SLO_NOT_MET = 99
+    INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad flags or arguments: exit 2."""
+
+
+app = typer.Typer(
+    name="synapse",
+    help="WebSocket RPC in one command: serve functions, call them, benchmark them.",
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="SYNAPSE_URL", help="Server WebSocket URL.")]
+TokenOption = Annotated[
+    str | None, typer.Option("--token", envvar="SYNAPSE_TOKEN", help="Bearer token for the handshake.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Compact JSON on stdout, even on a terminal.")]
+TimeoutOption = Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds to wait for each reply.")]
+JsonRpcOption = Annotated[bool, typer.Option("--jsonrpc", help="Speak JSON-RPC 2.0 (servers synapse did not write).")]
+CafileOption = Annotated[Path | None, typer.Option("--cafile", help="Trust this CA bundle for wss:// URLs.")]
+InsecureTLSOption = Annotated[bool, typer.Option("--insecure", help="wss://: do not verify the certificate.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"synapse {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """WebSocket RPC in one command: serve functions, call them, benchmark them."""
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    target: Annotated[str | None, typer.Argument(metavar="[APP]", help="module:registry or path/to/file.py.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
+    token: TokenOption = None,
+    allow_origin: Annotated[list[str] | None, typer.Option(help="Browser origin to accept (repeatable).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback --host without --token.")] = False,
+    certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve wss://.")] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    max_message_size: Annotated[int, typer.Option(min=1, help="Largest message in bytes (close 1009).")] = 2**20,
+    max_connections: Annotated[int, typer.Option(min=1, help="Open WebSockets (HTTP 503 past it).")] = 1000,
+    max_inflight: Annotated[int, typer.Option(min=1, help="Calls running per connection.")] = 128,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch (array) accepted.")] = 1000,
+    call_timeout: Annotated[float, typer.Option(min=0, help="Seconds a call may run (0: no limit).")] = 30.0,
+    grace: Annotated[float, typer.Option(min=0, help="Seconds in-flight calls get at shutdown.")] = 5.0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes serving the same port.")] = 1,
+    debug: Annotated[bool, typer.Option(help="Send exception text and tracebacks to clients.")] = False,
+    log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug.")] = "info",
+) -> None:
+    """Serve functions over WebSocket (the built-ins, or your registry)."""
+    from synapse_cli import runner, server
+
+    settings = server.Settings(
+        host=host, port=port, token=token, allow_origins=tuple(allow_origin or ()), insecure=insecure,
+        certfile=str(certfile) if certfile else None, keyfile=str(keyfile) if keyfile else None,
+        max_message_size=max_message_size, max_connections=max_connections, max_inflight=max_inflight,
+        max_batch=max_batch, call_timeout=call_timeout, grace=grace, workers=workers, debug=debug,
+        log_level=log_level.lower(),
+    )  # fmt: skip
+    _check_serve_settings(settings)
+    try:
+        registry = runner.load_registry(target)
+        sock = server.bind_socket(host, port)
+    except runner.LoadError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitStatus.ERROR)
+    settings = server.Settings(**{**_fields(settings), "port": sock.getsockname()[1]})
+    details = _serve_details(settings)
+    render.console(stderr=True).print(
+        render.banner(settings.url, registry.describe(), version=__version__, details=details)
+    )
+    if settings.workers > 1:
+        runner.serve_workers(target, settings, sock=sock, version=__version__)
+    else:
+        runner.serve(registry, settings, sock=sock, version=__version__)
+
+
+def _fields(settings: Any) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+
+
+def _check_serve_settings(settings: Any) -> None:
+    from synapse_cli.server import is_loopback
+
+    if not is_loopback(settings.host) and settings.token is None and not settings.insecure:
+        raise UsageError(f"refusing to listen on {settings.host} without --token (add --insecure to allow it)")
+    if bool(settings.certfile) != bool(settings.keyfile):
+        raise UsageError("--certfile and --keyfile go together")
+    if settings.log_level not in {"critical", "error", "warning", "info", "debug", "trace"}:
+        raise UsageError(f"unknown --log-level {settings.log_level!r}")
+
+
+def _serve_details(settings: Any) -> dict[str, str]:
+    details = {
+        "auth": "bearer token required"
+        if settings.token
+        else "none (loopback only)"
+        if not settings.insecure
+        else "none",
+        "limits": f"{settings.max_message_size} B/message, {settings.max_connections} connections, "
+        f"{settings.max_inflight} in flight/connection, call timeout {settings.call_timeout:g} s",
+        "health": settings.url.replace("ws", "http", 1).removesuffix("/ws") + "/health",
+    }
+    if settings.workers > 1:
+        details["workers"] = str(settings.workers)
+    return details
+
+
+# -- call ----------------------------------------------------------------------------------------
+
+_NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+
+
+def _literal(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def parse_call_args(values: list[str], data: str | None) -> list[Any] | dict[str, Any]:
+    """``ARG ...`` (JSON literals, else strings; ``name=value`` all or none) or ``-d JSON|@file|@-``."""
+    if data is not None:
+        if values:
+            raise UsageError("give arguments either as ARG ... or with -d, not both")
+        text = _read_data(data)
+        try:
+            args = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"-d is not valid JSON: {exc}") from None
+        if type(args) not in (list, dict):
+            raise UsageError("-d must be a JSON array (positional) or object (by name)")
+        return args  # type: ignore[no-any-return]
+    for value in values:
+        if value.startswith("--") and value != "--":
+            raise UsageError(f"no such option: {value}")
+    named = [_NAMED.match(value) for value in values]
+    if any(named) and not all(named):
+        raise UsageError("pass arguments all by position or all as name=value, not mixed")
+    if named and all(named):
+        return {m.group(1): _literal(m.group(2)) for m in named if m is not None}
+    return [_literal(value) for value in values]
+
+
+def _read_data(data: str) -> str:
+    if not data.startswith("@"):
+        return data
+    source = data[1:]
+    try:
+        return sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def call(
+    func: Annotated[str | None, typer.Argument(help="Function to call.")] = None,
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments: JSON literals or name=value.")] = None,
+    data: Annotated[
+        str | None, typer.Option("-d", "--data", help="All arguments as JSON, @file or @- (stdin).")
+    ] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="NDJSON calls from FILE or - (stdin).")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Batch calls in flight.")] = 16,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    timeout: TimeoutOption = 10.0,
+    jsonrpc: JsonRpcOption = False,
+    json_output: JsonOption = False,
+    cafile: CafileOption = None,
+    insecure: InsecureTLSOption = False,
+) -> None:
+    """Call a function and print its result (or run a batch of calls with --batch)."""
+    client = Client(url, token=token, timeout=timeout, dialect="jsonrpc" if jsonrpc else "native",
+                    cafile=str(cafile) if cafile else None, insecure=insecure)  # fmt: skip
+    if batch is not None:
+        if func is not None or args or data is not None:
+            raise UsageError("--batch takes its calls from the file: no FUNC, ARG or -d")
+        raise typer.Exit(_run(_call_batch(client, batch, concurrency)))
+    if func is None:
+        raise UsageError("missing FUNC (or --batch FILE)")
+    if func.startswith("-"):
+        raise UsageError(f"no such option: {func}")
+    call_args = parse_call_args(args or [], data)
+    result = _run(_call_once(client, func, call_args))
+    _print_result(result, json_output)
+
+
+async def _call_once(client: Client, func: str, args: list[Any] | dict[str, Any]) -> Any:
+    async with client:
+        return await client.request(func, args)
+
+
+async def _call_batch(client: Client, source: str, concurrency: int) -> int:
+    stream = sys.stdin if source == "-" else _open(source)
+    failed = False
+    async with client:
+        async for line in ordered_calls(client, _lines(stream), concurrency=concurrency):
+            failed = failed or line["error"] is not None
+            render.write_json(line)
+    return ExitStatus.ERROR if failed else ExitStatus.OK
+
+
+def _open(path: str) -> Any:
+    try:
+        return open(path, encoding="utf-8")  # noqa: SIM115 - read line by line while calls run
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+async def _lines(stream: Any) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, stream.readline):
+        yield line
+
+
+def _print_result(result: Any, json_output: bool) -> None:
+    if json_output or not sys.stdout.isatty():
+        render.write_json(result)
+    else:
+        render.console().print(render.pretty_value(result))
+
+
+# -- list ----------------------------------------------------------------------------------------
+
+
+@app.command("list")
+def list_functions(
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    timeout: TimeoutOption = 10.0,
+    jsonrpc: JsonRpcOption = False,
+    json_output: JsonOption = False,
+    cafile: CafileOption = None,
+    insecure: InsecureTLSOption = False,
+) -> None:
+    """List the server's functions with their signatures."""
+    client = Client(url, token=token, timeout=timeout, dialect="jsonrpc" if jsonrpc else "native",
+                    cafile=str(cafile) if cafile else None, insecure=insecure)  # fmt: skip
+    functions = _run(_list(client))
+    if json_output or not sys.stdout.isatty():
+        render.write_json({"functions": functions})
+    else:
+        render.console().print(render.functions_table(functions))
+
+
+async def _list(client: Client) -> list[dict[str, Any]]:
+    async with client:
+        return await client.list()
+
+
+# -- running and failing -------------------------------------------------------------------------
+
+
+def _fail(message: str, status: ExitStatus) -> NoReturn:
+    sys.stderr.write(render.error_line(message) + "\n")
+    sys.stderr.flush()
+    raise typer.Exit(int(status))
+
+
+def _describe(exc: SynapseError) -> tuple[str, ExitStatus]:
+    if isinstance(exc, RPCError):
+        return _rpc_error_text(exc), ExitStatus.ERROR
+    if isinstance(exc, ConnectError):
+        return str(exc), ExitStatus.CONNECT
+    if isinstance(exc, CallTimeout):
+        return str(exc), ExitStatus.TIMEOUT
+    if isinstance(exc, ConnectionLost):
+        return str(exc), ExitStatus.CONNECT
+    return str(exc), ExitStatus.ERROR
+
+
+def _rpc_error_text(exc: RPCError) -> str:
+    text = f"{exc.message} (code {exc.code})"
+    if isinstance(exc.data, list) and all(isinstance(d, dict) and "msg" in d for d in exc.data):
+        details = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d['msg']}" for d in exc.data)
+        return f"{text}: {details}"
+    if exc.data is not None:
+        return f"{text}: {orjson.dumps(exc.data, default=str).decode()}"
+    return text
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run the command's coroutine: Ctrl-C cancels it (calls send ``cancel``) and exits 130."""
+
+    async def main() -> Any:
+        task = asyncio.ensure_future(coroutine)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+        try:
+            return await task
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        return asyncio.run(main())
+    except SynapseError as exc:
+        _fail(*_describe(exc))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        sys.stderr.write(render.error_line("interrupted") + "\n")
+        raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+
+
+def main() -> None:
+    """Entry point of the ``synapse`` command: one ``synapse: error:`` line per failure, SPEC §4 exit codes."""
+    import click
+
+    try:
+        status = app(standalone_mode=False, prog_name="synapse")
+    except UsageError as exc:
+        _exit_with(render.error_line(str(exc)), ExitStatus.USAGE)
+    except click.UsageError as exc:
+        hint = f" (see 'synapse {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.info_name != "synapse" else ""
+        _exit_with(render.error_line(exc.format_message()) + hint, ExitStatus.USAGE)
+    except click.ClickException as exc:
+        _exit_with(render.error_line(exc.format_message()), ExitStatus.USAGE)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _exit_with(render.error_line("interrupted"), ExitStatus.INTERRUPTED)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _exit_with(line: str, status: ExitStatus) -> NoReturn:
+    sys.stderr.write(line + "\n")
+    sys.exit(int(status))

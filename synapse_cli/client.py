@@ -1,0 +1,455 @@
+"""The client: one persistent WebSocket connection, any number of concurrent calls routed by id.
+
+Foreign exceptions (``websockets``, ``OSError``, ``ssl``, timeouts) are translated in exactly one place,
+:func:`_mapped_errors`; everything else raises from :mod:`synapse_cli.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import ssl
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import Future as ThreadFuture
+from types import TracebackType
+from typing import Any, TypeVar
+
+import orjson
+
+from synapse_cli import protocol
+from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
+from synapse_cli.protocol import JSONRPC, NATIVE, Dialect
+
+__all__ = ["DEFAULT_URL", "Client", "SyncClient", "backoff_delays", "call", "ordered_calls"]
+
+logger = logging.getLogger("synapse.client")
+T = TypeVar("T")
+
+DEFAULT_URL = "ws://127.0.0.1:8000/ws"
+DEFAULT_TIMEOUT = 10.0
+# Handshake refusals that another attempt cannot fix: never retried.
+_FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
+
+
+def backoff_delays(
+    attempts: int, *, base: float = 0.1, cap: float = 5.0, rng: random.Random | None = None
+) -> list[float]:
+    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
+    draw = (rng or random).uniform
+    return [draw(0.0, min(cap, base * 2**attempt)) for attempt in range(attempts)]
+
+
+def _ssl_context(url: str, cafile: str | None, insecure: bool) -> ssl.SSLContext | None:
+    if not url.startswith("wss://"):
+        return None
+    context = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@contextlib.contextmanager
+def _mapped_errors(url: str) -> Iterator[None]:
+    """The one boundary where foreign exceptions become synapse errors."""
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+    try:
+        yield
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
+        detail = f" ({body})" if body else ""
+        raise ConnectError(f"{url}: handshake rejected: HTTP {status}{detail}", url=url, status=status) from exc
+    except InvalidURI as exc:
+        raise ConnectError(f"invalid URL {url!r}: {exc}", url=url) from exc
+    except InvalidHandshake as exc:
+        raise ConnectError(f"{url}: handshake failed: {exc}", url=url) from exc
+    except ConnectionClosed as exc:
+        raise ConnectionLost(f"connection lost: {exc}") from exc
+    except ssl.SSLError as exc:
+        raise ConnectError(f"{url}: TLS error: {exc.reason or exc}", url=url) from exc
+    except (OSError, EOFError) as exc:
+        errno = getattr(exc, "errno", None)
+        reason = os.strerror(errno) if errno else str(exc) or type(exc).__name__
+        raise ConnectError(f"cannot connect to {url}: {reason}", url=url) from exc
+    except asyncio.TimeoutError as exc:
+        raise ConnectError(f"cannot connect to {url}: timed out opening the connection", url=url) from exc
+
+
+class Client:
+    """An asyncio client for synapse and other WebSocket JSON-RPC servers.
+
+    ::
+
+        async with Client("ws://127.0.0.1:8000/ws") as client:
+            await client.call("add_numbers", 1, 2)        # -> 3
+
+    Args:
+        url: the server's WebSocket URL.
+        token: sent as ``Authorization: Bearer <token>`` on the handshake.
+        timeout: seconds to wait for each reply (``CallTimeout`` past it); None waits forever.
+        dialect: ``"native"`` or ``"jsonrpc"`` (JSON-RPC 2.0, for servers synapse did not write).
+        cafile: a CA bundle to trust for ``wss://``; ``insecure`` skips certificate checks.
+        reconnect_attempts: attempts after the connection drops (exponential backoff, full jitter).
+        max_message_size: the largest reply accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        dialect: Dialect = NATIVE,
+        cafile: str | None = None,
+        insecure: bool = False,
+        open_timeout: float = 10.0,
+        reconnect_attempts: int = 5,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+        max_message_size: int = 2**24,
+    ) -> None:
+        if dialect not in (NATIVE, JSONRPC):
+            raise ValueError(f"dialect must be 'native' or 'jsonrpc', not {dialect!r}")
+        self.url = url
+        self.token = token
+        self.timeout = timeout
+        self.dialect = dialect
+        self.open_timeout = open_timeout
+        self.reconnect_attempts = reconnect_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_message_size = max_message_size
+        self._ssl = _ssl_context(url, cafile, insecure)
+        self._ids = itertools.count(1)  # never reused, across reconnects too
+        self._pending: dict[Any, asyncio.Future[Any]] = {}
+        self._ws: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._connected_once = False
+        self._closed = False
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open."""
+        return self._reader is not None and not self._reader.done()
+
+    async def connect(self) -> None:
+        """Open the connection (one attempt); ``ConnectError`` when it cannot be opened."""
+        from websockets.asyncio.client import connect
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        with _mapped_errors(self.url):
+            self._ws = await connect(
+                self.url,
+                additional_headers=headers,
+                compression=None,
+                max_size=self.max_message_size,
+                ssl=self._ssl,
+                open_timeout=self.open_timeout,
+                user_agent_header=None,
+                proxy=None,
+            )
+        self._closed = False
+        self._connected_once = True
+        self._reader = asyncio.ensure_future(self._read(self._ws))
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting fail with ``ConnectionLost``."""
+        self._closed = True
+        if self._background:  # cancels still being written (Ctrl-C, timeouts) go out first
+            await asyncio.wait(list(self._background), timeout=1.0)
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(BaseException):
+                await self._reader
+        self._fail_pending("connection closed")
+
+    async def call(self, func: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``func`` with positional or keyword arguments (not both) and return its result.
+
+        Raises:
+            RPCError: the server answered with an error.
+            CallTimeout: no reply within the client's timeout (a ``cancel`` is sent).
+            ConnectionLost: the connection dropped while waiting (the call is not re-sent).
+            ConnectError: the connection could not be (re)opened.
+        """
+        if args and kwargs:
+            raise TypeError("pass arguments by position or by name, not both")
+        return await self.request(func, dict(kwargs) if kwargs else list(args))
+
+    async def request(self, func: str, args: list[Any] | dict[str, Any], *, timeout: float | None = -1.0) -> Any:
+        """Call ``func`` with ``args`` as the protocol carries them (a list or a dict)."""
+        ws = await self._ready()
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        limit = self.timeout if timeout == -1.0 else timeout
+        try:
+            with _mapped_errors(self.url):
+                await ws.send(protocol.encode_call(request_id, func, args, self.dialect).decode())
+            if limit is None:
+                return await future
+            return await asyncio.wait_for(future, limit)
+        except asyncio.TimeoutError:
+            self._send_cancel(request_id)
+            raise CallTimeout(f"no reply to {func} within {limit:g} s") from None
+        except asyncio.CancelledError:
+            self._send_cancel(request_id)
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def list(self) -> list[dict[str, Any]]:
+        """The server's functions: ``[{"name", "description", "params", "result"}]``."""
+        if self.dialect == NATIVE:
+            ws = await self._ready()
+            request_id = next(self._ids)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            try:
+                with _mapped_errors(self.url):
+                    await ws.send(f'{{"id":{request_id},"op":"list"}}')
+                result = await asyncio.wait_for(future, self.timeout)
+            except asyncio.TimeoutError:
+                raise CallTimeout(f"no reply to list within {self.timeout:g} s") from None
+            finally:
+                self._pending.pop(request_id, None)
+            return list(result["functions"])
+        document = await self.request("rpc.discover", [])
+        return [_from_openrpc(method) for method in document.get("methods", [])]
+
+    async def _ready(self) -> Any:
+        if self._ws is not None and self.connected:
+            return self._ws
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self.connected:
+                await self._reconnect()
+        return self._ws
+
+    async def _reconnect(self) -> None:
+        if not self._connected_once:
+            await self.connect()
+            return
+        delays = backoff_delays(self.reconnect_attempts, base=self.backoff_base, cap=self.backoff_cap)
+        for attempt, delay in enumerate(delays):
+            try:
+                await self.connect()
+                return
+            except ConnectError as exc:
+                if exc.status in _FINAL_STATUSES or attempt == len(delays) - 1:
+                    raise
+                logger.info("reconnect attempt %d failed (%s); retrying in %.2f s", attempt + 1, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _read(self, ws: Any) -> None:
+        reason = "connection lost"
+        try:
+            async for message in ws:
+                self._dispatch(message)
+        except Exception as exc:
+            reason = f"connection lost: {exc}"
+        else:
+            code = getattr(ws, "close_code", None)
+            reason = f"connection lost (close code {code})" if code is not None else reason
+        finally:
+            self._fail_pending(reason)
+
+    def _dispatch(self, message: str | bytes) -> None:
+        try:
+            replies = protocol.decode_replies(message)
+        except ValueError as exc:
+            logger.warning("ignoring a malformed reply: %s", exc)
+            return
+        for reply in replies:
+            future = self._pending.get(reply.id)
+            if future is None or future.done():
+                continue  # a late reply to a call that timed out or was cancelled
+            if reply.error is None:
+                future.set_result(reply.result)
+            else:
+                future.set_exception(RPCError(reply.error.message, reply.error.code, reply.error.data))
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(ConnectionLost(reason))
+        self._pending.clear()
+
+    def _send_cancel(self, request_id: Any) -> None:
+        if self.dialect != NATIVE or not self.connected:
+            return
+        task = asyncio.ensure_future(self._send_quietly(protocol.encode_cancel(request_id).decode()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_quietly(self, text: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._ws.send(text)
+
+
+def _from_openrpc(method: dict[str, Any]) -> dict[str, Any]:
+    params = method.get("params", [])
+    schema = {
+        "type": "object",
+        "properties": {p["name"]: p.get("schema", {}) for p in params},
+        "required": [p["name"] for p in params if p.get("required")],
+    }
+    result = method.get("result", {}).get("schema", {})
+    return {"name": method["name"], "description": method.get("description", ""), "params": schema, "result": result}
+
+
+class SyncClient:
+    """A blocking facade over :class:`Client` for scripts (its event loop runs in a thread).
+
+    ::
+
+        with SyncClient("ws://127.0.0.1:8000/ws") as client:
+            client.call("add_numbers", 1, 2)   # -> 3
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="synapse-client", daemon=True)
+        self._thread.start()
+        self._client = Client(url, **options)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        future: ThreadFuture[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result()
+
+    def __enter__(self) -> SyncClient:
+        try:
+            self._run(self._client.connect())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def call(self, func: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``func`` and block until its result (same errors as :meth:`Client.call`)."""
+        return self._run(self._client.call(func, *args, **kwargs))
+
+    def list(self) -> list[dict[str, Any]]:
+        """The server's functions."""
+        return self._run(self._client.list())
+
+    def close(self) -> None:
+        """Close the connection and stop the background loop."""
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(SynapseError):
+            self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+def call(url: str, func: str, /, *args: Any, **kwargs: Any) -> Any:
+    """One call from a script, blocking: ``call(url, "add_numbers", 1, 2)`` -> 3.
+
+    Keyword arguments go to the remote function; the token comes from ``SYNAPSE_TOKEN``. For options
+    (timeout, TLS, dialect) or many calls, use :class:`SyncClient` or :class:`Client`.
+    """
+    with SyncClient(url, token=os.environ.get("SYNAPSE_TOKEN")) as client:
+        return client.call(func, *args, **kwargs)
+
+
+def _batch_error(number: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"id": number, "result": None, "error": error}
+
+
+def _parse_batch_line(line: str) -> tuple[str, list[Any] | dict[str, Any]]:
+    """One NDJSON line: ``{"func": "...", "args": ...}`` or ``["func", arg, ...]``; ValueError otherwise."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if type(value) is list and value and type(value[0]) is str:
+        return value[0], value[1:]
+    if type(value) is dict and type(value.get("func")) is str:
+        args = value.get("args", [])
+        if type(args) in (list, dict):
+            return value["func"], args
+    raise ValueError('expected {"func": "...", "args": [...]} or ["func", arg, ...]')
+
+
+async def _batch_call(client: Client, number: int, line: str) -> dict[str, Any]:
+    try:
+        func, args = _parse_batch_line(line)
+    except ValueError as exc:
+        return _batch_error(number, protocol.INVALID_REQUEST, f"line {number}: {exc}")
+    try:
+        result = await client.request(func, args)
+    except RPCError as exc:
+        return _batch_error(number, exc.code, exc.message, exc.data)
+    except CallTimeout as exc:
+        return _batch_error(number, protocol.CALL_TIMEOUT, str(exc))
+    except ConnectionLost as exc:
+        return _batch_error(number, protocol.SERVER_ERROR, str(exc))
+    return {"id": number, "result": result, "error": None}
+
+
+async def ordered_calls(
+    client: Client, lines: AsyncIterator[str], *, concurrency: int = 16
+) -> AsyncIterator[dict[str, Any]]:
+    """Run NDJSON calls concurrently over ``client``; yield ``{"id", "result", "error"}`` in input order.
+
+    At most ``concurrency`` calls are in flight, and at most a few times that many finished replies
+    wait for a slower call ahead of them, so memory stays bounded on endless input.
+    """
+    slots = asyncio.Semaphore(concurrency)
+    window: asyncio.Queue[asyncio.Task[dict[str, Any]] | None] = asyncio.Queue(maxsize=4 * concurrency)
+
+    async def run(number: int, line: str) -> dict[str, Any]:
+        try:
+            return await _batch_call(client, number, line)
+        finally:
+            slots.release()
+
+    async def produce() -> None:
+        number = 0
+        async for line in lines:
+            if line.strip():
+                number += 1
+                await slots.acquire()
+                await window.put(asyncio.ensure_future(run(number, line)))
+        await window.put(None)
+
+    producer = asyncio.ensure_future(produce())
+    try:
+        while (task := await window.get()) is not None:
+            yield await task
+        await producer  # surfaces a read error
+    finally:
+        producer.cancel()
+        while not window.empty():
+            leftover = window.get_nowait()
+            if leftover is not None:
+                leftover.cancel()

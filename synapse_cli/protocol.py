@@ -1,0 +1,406 @@
+"""The wire protocol, sans I/O: text in, message objects out, and back.
+
+Two dialects share the ``/ws`` endpoint (SPEC §1): the native ``{id, op, func, args}`` /
+``{id, result, error}`` and JSON-RPC 2.0. :func:`decode_frame` turns one WebSocket text frame into
+:class:`Request` and :class:`Invalid` items; the ``reply_*`` functions turn outcomes back into bytes in
+the dialect of the request. The client half (:func:`encode_call`, :func:`decode_replies`) lives here too.
+Nothing in this module touches a socket or an event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+__all__ = [
+    "CALL",
+    "CALL_TIMEOUT",
+    "CANCEL",
+    "CANCELLED",
+    "DISCOVER",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "JSONRPC",
+    "LIST",
+    "MAX_DEPTH",
+    "METHOD_NOT_FOUND",
+    "NATIVE",
+    "PARSE_ERROR",
+    "SERVER_ERROR",
+    "SHUTTING_DOWN",
+    "Dialect",
+    "ErrorInfo",
+    "Frame",
+    "Invalid",
+    "Reply",
+    "Request",
+    "decode_frame",
+    "decode_replies",
+    "dump_json",
+    "encode_call",
+    "encode_cancel",
+    "join_batch",
+    "reply_error",
+    "reply_result",
+]
+
+Dialect = Literal["native", "jsonrpc"]
+NATIVE: Final = "native"
+JSONRPC: Final = "jsonrpc"
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+SERVER_ERROR: Final = -32000
+CALL_TIMEOUT: Final = -32001
+CANCELLED: Final = -32002
+SHUTTING_DOWN: Final = -32003
+
+CALL: Final = "call"
+LIST: Final = "list"
+CANCEL: Final = "cancel"
+DISCOVER: Final = "discover"
+
+MAX_DEPTH: Final = 64
+MAX_ID_LENGTH: Final = 128
+MAX_NAME_LENGTH: Final = 128
+MAX_NATIVE_ID: Final = 2**53
+_INT64_MIN: Final = -(2**63)
+_UINT64_END: Final = 2**64
+
+# JSON-RPC 2.0 §5.1 names these codes; replies in that dialect use its exact words.
+_JSONRPC_MESSAGES: Final = {
+    PARSE_ERROR: "Parse error",
+    INVALID_REQUEST: "Invalid Request",
+    METHOD_NOT_FOUND: "Method not found",
+    INVALID_PARAMS: "Invalid params",
+}
+_NATIVE_KEYS: Final = frozenset({"id", "op", "func", "args"})
+_JSONRPC_KEYS: Final = frozenset({"jsonrpc", "method", "params", "id"})
+_OPS: Final = {"call": CALL, "list": LIST, "cancel": CANCEL}
+# A string token (skipped whole), a number token, or a bracket: enough to check what orjson lets pass.
+_TOKEN: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[\[\]{}]')
+_LONG_DIGITS: Final = re.compile(rb"\d{19}")
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorInfo:
+    """An error object: ``code``, ``message`` and optional ``data`` (None means absent)."""
+
+    code: int
+    message: str
+    data: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the JSON object both dialects carry."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+@dataclass(slots=True)
+class Request:
+    """A well-formed request: a call, a ``list``, a ``cancel`` or ``rpc.discover``.
+
+    ``notification`` is true for a JSON-RPC request without ``id``: it gets no reply at all.
+    """
+
+    kind: str
+    id: Any
+    dialect: Dialect
+    func: str = ""
+    args: list[Any] | dict[str, Any] = field(default_factory=list)
+    notification: bool = False
+
+
+@dataclass(slots=True)
+class Invalid:
+    """A message that cannot be run; it is answered with ``error`` (``id`` is None when not valid)."""
+
+    id: Any
+    dialect: Dialect
+    error: ErrorInfo
+
+
+@dataclass(slots=True)
+class Frame:
+    """What one text frame held: its items, and whether they came as a batch (array)."""
+
+    items: list[Request | Invalid]
+    batch: bool = False
+
+
+@dataclass(slots=True)
+class Reply:
+    """A reply as the client sees it: exactly one of ``result`` / ``error`` is meaningful."""
+
+    id: Any
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+def _invalid(message: str, request_id: Any = None, dialect: Dialect = JSONRPC) -> Invalid:
+    return Invalid(request_id, dialect, ErrorInfo(INVALID_REQUEST, message))
+
+
+def _parse_error(message: str) -> Frame:
+    return Frame([Invalid(None, JSONRPC, ErrorInfo(PARSE_ERROR, message))])
+
+
+def _scan_error(raw: bytes) -> str | None:
+    """Find what orjson accepts but the spec refuses: nesting over MAX_DEPTH, integers past 64 bits."""
+    depth = 0
+    for match in _TOKEN.finditer(raw):
+        token = match.group()
+        first = token[0]
+        if first in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return f"nesting deeper than {MAX_DEPTH}"
+        elif first in b"]}":
+            depth -= 1
+        elif first != 34 and not any(c in token for c in b".eE"):  # 34 is '"'
+            if not _INT64_MIN <= int(token) < _UINT64_END:
+                return "integer does not fit in 64 bits"
+    return None
+
+
+def parse_json(text: str | bytes) -> tuple[Any, str | None]:
+    """Parse one JSON value strictly: (value, None), or (None, reason) for a -32700."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return None, f"parse error: {exc}"
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    # Cheap filters first: the exact scan only runs when the text could break a rule.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH or _LONG_DIGITS.search(raw):
+        reason = _scan_error(raw)
+        if reason:
+            return None, f"parse error: {reason}"
+    return value, None
+
+
+def _valid_id(value: Any, dialect: Dialect) -> bool:
+    kind = type(value)
+    if kind is str:
+        return len(value) <= MAX_ID_LENGTH
+    if kind is int:
+        return 0 <= value < MAX_NATIVE_ID if dialect == NATIVE else True
+    return dialect == JSONRPC and (value is None or kind is float)
+
+
+def _check_func(func: Any) -> str | None:
+    if type(func) is not str:
+        return "func must be a string"
+    if len(func) > MAX_NAME_LENGTH:
+        return f"func longer than {MAX_NAME_LENGTH} characters"
+    return None
+
+
+def _decode_native(obj: dict[str, Any]) -> Request | Invalid:
+    has_id = "id" in obj
+    request_id = obj.get("id")
+    if not has_id or not _valid_id(request_id, NATIVE):
+        reason = "missing id" if not has_id else "id must be a string (<= 128 chars) or an integer 0 <= n < 2^53"
+        return _invalid(reason, None, NATIVE)
+    extra = obj.keys() - _NATIVE_KEYS
+    if extra:
+        return _invalid(f"unknown field: {sorted(extra)[0]}", request_id, NATIVE)
+    kind = _OPS.get(obj.get("op", "call")) if type(obj.get("op", "call")) is str else None
+    if kind is None:
+        return _invalid("op must be one of: call, list, cancel", request_id, NATIVE)
+    if kind is not CALL:
+        return Request(kind, request_id, NATIVE)
+    if "func" not in obj:
+        return _invalid("missing func", request_id, NATIVE)
+    func = obj["func"]
+    problem = _check_func(func)
+    args = obj.get("args", [])
+    if problem is None and type(args) not in (list, dict):
+        problem = "args must be an array or an object"
+    if problem:
+        return _invalid(problem, request_id, NATIVE)
+    return Request(DISCOVER if func == "rpc.discover" else CALL, request_id, NATIVE, func, args)
+
+
+def _decode_jsonrpc(obj: dict[str, Any]) -> Request | Invalid:
+    notification = "id" not in obj
+    request_id = obj.get("id")
+    if not _valid_id(request_id, JSONRPC):
+        return _invalid("invalid id")
+    if obj["jsonrpc"] != "2.0":
+        return _invalid('jsonrpc must be "2.0"', request_id)
+    extra = obj.keys() - _JSONRPC_KEYS
+    if extra:
+        return _invalid(f"unknown member: {sorted(extra)[0]}", request_id)
+    method = obj.get("method")
+    problem = "missing method" if "method" not in obj else _check_func(method)
+    params = obj.get("params", [])
+    if problem is None and type(params) not in (list, dict):
+        problem = "params must be an array or an object"
+    if problem:
+        return _invalid(problem.replace("func", "method"), request_id)
+    kind = DISCOVER if method == "rpc.discover" else CALL
+    return Request(kind, request_id, JSONRPC, str(method), params, notification)
+
+
+def _dialect_of(obj: Any) -> Dialect | None:
+    if type(obj) is dict:
+        if "jsonrpc" in obj:
+            return JSONRPC
+        if "op" in obj or "func" in obj:
+            return NATIVE
+    return None
+
+
+def _decode_item(obj: Any, fallback: Dialect) -> Request | Invalid:
+    dialect = _dialect_of(obj)
+    if dialect == JSONRPC:
+        return _decode_jsonrpc(obj)
+    if dialect == NATIVE:
+        return _decode_native(obj)
+    request_id = obj.get("id") if type(obj) is dict else None
+    request_id = request_id if _valid_id(request_id, fallback) else None
+    what = "an object" if type(obj) is dict else f"a JSON {type(obj).__name__}"
+    return _invalid(f"not a request: {what} without func/method", request_id, fallback)
+
+
+def decode_frame(text: str | bytes, *, max_batch: int = 1000) -> Frame:
+    """Decode one text frame into requests and invalid items (SPEC §1)."""
+    value, reason = parse_json(text)
+    if reason:
+        return _parse_error(reason)
+    if type(value) is not list:
+        return Frame([_decode_item(value, JSONRPC)])
+    if not value:
+        return Frame([_invalid("empty batch")])
+    dialects = [d for d in map(_dialect_of, value) if d is not None]
+    dialect: Dialect = dialects[0] if dialects else JSONRPC
+    if len(value) > max_batch:
+        return Frame([_invalid(f"batch of {len(value)} exceeds the limit of {max_batch}", None, dialect)])
+    return Frame([_decode_item(item, dialect) for item in value], batch=True)
+
+
+# -- encoding replies (server side) -----------------------------------------------------------------
+
+
+def _to_json(value: Any) -> Any:
+    """orjson's fallback: pydantic models and other objects with ``model_dump`` become dicts."""
+    dump = getattr(value, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _carriable(value: Any) -> bool:
+    """True when ``value`` has no NaN/Infinity and no nesting deeper than MAX_DEPTH."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is float and not math.isfinite(item):
+            return False
+        if kind in (list, tuple, dict):
+            if depth > MAX_DEPTH:
+                return False
+            children = item.values() if kind is dict else item
+            stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def dump_json(value: Any) -> bytes | None:
+    """Serialize a result exactly, or return None when JSON cannot carry it (SPEC §1.3, -32603)."""
+    try:
+        out = orjson.dumps(value, default=_to_json)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    # orjson writes NaN as null; only look closer when the output could hide one or nests deeply.
+    if (b"null" in out or out.count(b"[") + out.count(b"{") > MAX_DEPTH) and not _carriable(value):
+        return None
+    return out
+
+
+def _id_json(request_id: Any) -> bytes:
+    return orjson.dumps(request_id)
+
+
+def reply_result(request_id: Any, dialect: Dialect, result: Any) -> bytes:
+    """The success reply; a result JSON cannot carry becomes -32603 "result not serializable"."""
+    body = dump_json(result)
+    if body is None:
+        return reply_error(request_id, dialect, ErrorInfo(INTERNAL_ERROR, "result not serializable"))
+    if dialect == NATIVE:
+        return b'{"id":' + _id_json(request_id) + b',"result":' + body + b',"error":null}'
+    return b'{"jsonrpc":"2.0","result":' + body + b',"id":' + _id_json(request_id) + b"}"
+
+
+def _jsonrpc_error(error: ErrorInfo) -> dict[str, Any]:
+    standard = _JSONRPC_MESSAGES.get(error.code)
+    if standard is None:
+        return error.to_dict()
+    # Keep the spec's exact words; a detail the client needs (duplicate id, batch size) goes in data.
+    detail = error.data
+    if detail is None and error.code == INVALID_REQUEST and error.message.startswith(("duplicate id", "batch")):
+        detail = error.message
+    return ErrorInfo(error.code, standard, detail).to_dict()
+
+
+def reply_error(request_id: Any, dialect: Dialect, error: ErrorInfo) -> bytes:
+    """The error reply in the request's dialect."""
+    body = error.to_dict() if dialect == NATIVE else _jsonrpc_error(error)
+    if body.get("data") is not None and dump_json(body["data"]) is None:
+        del body["data"]  # an RPCError's data JSON cannot carry: keep the code and message
+    if dialect == NATIVE:
+        return orjson.dumps({"id": request_id, "result": None, "error": body})
+    return orjson.dumps({"jsonrpc": "2.0", "error": body, "id": request_id})
+
+
+def join_batch(replies: list[bytes]) -> bytes:
+    """Join encoded replies into one batch reply."""
+    return b"[" + b",".join(replies) + b"]"
+
+
+# -- the client half -------------------------------------------------------------------------------
+
+
+def encode_call(request_id: Any, func: str, args: list[Any] | dict[str, Any], dialect: Dialect) -> bytes:
+    """Encode a call in the given dialect."""
+    if dialect == NATIVE:
+        return orjson.dumps({"id": request_id, "func": func, "args": args}, default=_to_json)
+    return orjson.dumps({"jsonrpc": "2.0", "method": func, "params": args, "id": request_id}, default=_to_json)
+
+
+def encode_cancel(request_id: Any) -> bytes:
+    """Encode a native ``cancel`` for the call with this id."""
+    return orjson.dumps({"op": "cancel", "id": request_id})
+
+
+def _reply_from(obj: Any) -> Reply:
+    if type(obj) is not dict or ("result" not in obj and "error" not in obj):
+        raise ValueError("not a reply object")
+    error = obj.get("error")
+    if error is None:
+        return Reply(obj.get("id"), obj.get("result"))
+    if type(error) is not dict:
+        raise ValueError("error member is not an object")
+    code = error.get("code")
+    info = ErrorInfo(code if type(code) is int else INTERNAL_ERROR, str(error.get("message", "")), error.get("data"))
+    return Reply(obj.get("id"), None, info)
+
+
+def decode_replies(text: str | bytes) -> list[Reply]:
+    """Decode a reply frame (an object or a batch) from either dialect; ValueError when malformed."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"reply is not JSON: {exc}") from exc
+    items = value if type(value) is list else [value]
+    return [_reply_from(item) for item in items]

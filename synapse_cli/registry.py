@@ -1,0 +1,244 @@
+"""The registry: plain Python functions made callable, with arguments validated from type hints.
+
+Each function gets, once at registration, a pydantic-core validator for its arguments (strict JSON
+semantics: strings are never numbers, ``true`` is not an integer) and the JSON Schemas that ``list``
+and ``rpc.discover`` publish. :meth:`Registry.resolve` turns a call into a bound invocation or an
+:class:`~synapse_cli.protocol.ErrorInfo`; running it is the server's business.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import orjson
+import pydantic
+from pydantic import TypeAdapter
+from pydantic.experimental.arguments_schema import generate_arguments_schema
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import SchemaValidator
+
+from synapse_cli.errors import RPCError
+from synapse_cli.protocol import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    MAX_NAME_LENGTH,
+    METHOD_NOT_FOUND,
+    ErrorInfo,
+)
+
+__all__ = ["Function", "Registry", "error_from_exception"]
+
+logger = logging.getLogger("synapse.calls")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _first_paragraph(func: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(func) or ""
+    return doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+
+
+@dataclass(slots=True)
+class Function:
+    """One registered function and everything built for it once.
+
+    Attributes:
+        name: the name callers use.
+        func: the Python callable.
+        inline: run on the event loop (cheap, non-blocking sync functions only).
+        is_async: a coroutine function (always runs on the event loop).
+        description: the first paragraph of the docstring.
+        params_schema: JSON Schema of the arguments object.
+        result_schema: JSON Schema of the return value.
+    """
+
+    name: str
+    func: Callable[..., Any]
+    inline: bool
+    is_async: bool
+    description: str
+    params_schema: dict[str, Any]
+    result_schema: dict[str, Any]
+    _validator: SchemaValidator
+    _positional: tuple[str, ...]
+    _var_args: str | None
+    _var_kwargs: str | None
+    _named: frozenset[str]
+
+    @classmethod
+    def build(cls, func: Callable[..., Any], *, name: str, inline: bool) -> Function:
+        """Inspect ``func`` once: its validator, its schemas, how positional arguments map to names."""
+        core_schema = generate_arguments_schema(func)
+        signature = inspect.signature(func)
+        kinds = inspect.Parameter
+        params = list(signature.parameters.values())
+        hints = _return_hint(func)
+        return cls(
+            name=name,
+            func=func,
+            inline=inline,
+            is_async=inspect.iscoroutinefunction(func),
+            description=_first_paragraph(func),
+            params_schema=GenerateJsonSchema().generate(core_schema),
+            result_schema=TypeAdapter(hints).json_schema() if hints is not inspect.Signature.empty else {},
+            _validator=SchemaValidator(core_schema, config={"strict": True}),
+            _positional=tuple(p.name for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)),
+            _var_args=next((p.name for p in params if p.kind is kinds.VAR_POSITIONAL), None),
+            _var_kwargs=next((p.name for p in params if p.kind is kinds.VAR_KEYWORD), None),
+            _named=frozenset(p.name for p in params if p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)),
+        )
+
+    def bind(self, args: list[Any] | dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Validate ``args`` against the signature: (args, kwargs) to call with, or RPCError -32602."""
+        named = self._by_name(args) if type(args) is list else self._split_extra(args)  # type: ignore[arg-type]
+        try:
+            bound: tuple[tuple[Any, ...], dict[str, Any]] = self._validator.validate_json(orjson.dumps(named))
+        except pydantic.ValidationError as exc:
+            details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            raise RPCError(f"invalid arguments for {self.name}", INVALID_PARAMS, details) from None
+        return bound
+
+    def _by_name(self, args: list[Any]) -> dict[str, Any]:
+        named = dict(zip(self._positional, args, strict=False))
+        extra = args[len(self._positional) :]
+        if extra:
+            if self._var_args is None:
+                expected = len(self._positional)
+                detail = {"loc": [expected], "msg": f"takes {expected} positional arguments", "type": "too_many"}
+                raise RPCError(f"invalid arguments for {self.name}", INVALID_PARAMS, [detail])
+            named[self._var_args] = extra
+        return named
+
+    def _split_extra(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self._var_kwargs is None or args.keys() <= self._named:
+            return args
+        named = {k: v for k, v in args.items() if k in self._named}
+        named[self._var_kwargs] = {k: v for k, v in args.items() if k not in self._named}
+        return named
+
+    def describe(self) -> dict[str, Any]:
+        """The entry of this function in a ``list`` reply."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "params": self.params_schema,
+            "result": self.result_schema,
+        }
+
+
+def _return_hint(func: Callable[..., Any]) -> Any:
+    try:
+        hints = inspect.get_annotations(func, eval_str=True)
+    except Exception:  # an annotation that cannot be evaluated: publish no result schema
+        return inspect.Signature.empty
+    return hints.get("return", inspect.Signature.empty)
+
+
+class Registry:
+    """A set of functions callable over synapse.
+
+    ::
+
+        registry = Registry()
+
+        @registry.function
+        def add_numbers(a: int | float, b: int | float) -> int | float:
+            \"\"\"Add two numbers.\"\"\"
+            return a + b
+
+        @registry.function(name="now", inline=True)
+        def current_time() -> float: ...
+    """
+
+    def __init__(self) -> None:
+        self._functions: dict[str, Function] = {}
+
+    @overload
+    def function(self, func: F, /) -> F: ...
+
+    @overload
+    def function(self, *, name: str | None = None, inline: bool = False) -> Callable[[F], F]: ...
+
+    def function(self, func: Any = None, *, name: str | None = None, inline: bool = False) -> Any:
+        """Register a function (a decorator, with or without arguments).
+
+        Args:
+            name: the name callers use (default: the function's ``__name__``).
+            inline: run a cheap, non-blocking sync function on the event loop instead of a thread.
+        """
+
+        def register(target: F) -> F:
+            self.add(target, name=name, inline=inline)
+            return target
+
+        return register(func) if func is not None else register
+
+    def add(self, func: Callable[..., Any], *, name: str | None = None, inline: bool = False) -> Function:
+        """Register ``func`` without the decorator syntax; returns its :class:`Function`."""
+        name = name or func.__name__
+        if not name or len(name) > MAX_NAME_LENGTH or name.startswith("rpc."):
+            raise ValueError(f"invalid function name {name!r}: 1-{MAX_NAME_LENGTH} chars, not starting with 'rpc.'")
+        if name in self._functions:
+            raise ValueError(f"function {name!r} is already registered")
+        entry = Function.build(func, name=name, inline=inline)
+        self._functions[name] = entry
+        return entry
+
+    def get(self, name: str) -> Function | None:
+        """The function registered under ``name``, or None."""
+        return self._functions.get(name)
+
+    def resolve(self, name: str, args: list[Any] | dict[str, Any]) -> tuple[Function, tuple[Any, ...], dict[str, Any]]:
+        """Find and bind a call: (function, args, kwargs); RPCError -32601 / -32602 when it cannot run."""
+        entry = self._functions.get(name)
+        if entry is None:
+            raise RPCError(f"function not found: {name}", METHOD_NOT_FOUND)
+        positional, keywords = entry.bind(args)
+        return entry, positional, keywords
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every function's description, as the ``list`` op returns them."""
+        return [entry.describe() for entry in self._functions.values()]
+
+    def openrpc(self, *, title: str = "synapse", version: str = "0") -> dict[str, Any]:
+        """An OpenRPC 1.x document describing every function (the ``rpc.discover`` result)."""
+        methods = []
+        for entry in self._functions.values():
+            props = entry.params_schema.get("properties", {})
+            required = set(entry.params_schema.get("required", []))
+            params = [{"name": key, "schema": schema, "required": key in required} for key, schema in props.items()]
+            method: dict[str, Any] = {"name": entry.name, "params": params, "paramStructure": "either"}
+            if entry.description:
+                method["description"] = entry.description
+            method["result"] = {"name": "result", "schema": entry.result_schema}
+            methods.append(method)
+        return {"openrpc": "1.3.2", "info": {"title": title, "version": version}, "methods": methods}
+
+    def __len__(self) -> int:
+        return len(self._functions)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._functions
+
+    def __iter__(self) -> Iterator[Function]:
+        return iter(list(self._functions.values()))
+
+
+def error_from_exception(exc: BaseException, *, debug: bool = False, function: str = "") -> ErrorInfo:
+    """The error a caller sees for an exception raised by a function (SPEC §1.3).
+
+    ``RPCError`` passes through unchanged. Anything else is -32603 "internal error" with only the
+    exception's type, unless ``debug`` is set; the full traceback goes to the server log either way.
+    """
+    if isinstance(exc, RPCError):
+        return ErrorInfo(exc.code, exc.message, exc.data)
+    logger.error("function %s raised %s", function or "?", type(exc).__name__, exc_info=exc)
+    data: dict[str, Any] = {"type": type(exc).__name__}
+    if debug:
+        data["message"] = str(exc)
+        data["traceback"] = "".join(traceback.format_exception(exc))
+    return ErrorInfo(INTERNAL_ERROR, "internal error", data)

@@ -1,0 +1,181 @@
+"""Running a server: load the user's registry, start uvicorn, drain gracefully, spread over workers.
+
+Split from ``server.py`` on purpose: that module is the app and its connection loop (no process
+concerns); this one owns processes, signals and imports of user code.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+from synapse_cli.builtins import default_registry
+from synapse_cli.registry import Registry
+from synapse_cli.server import Settings, create_app
+
+__all__ = ["LoadError", "load_registry", "serve", "serve_workers"]
+
+logger = logging.getLogger("synapse.server")
+
+
+class LoadError(Exception):
+    """The application given to ``synapse serve`` could not be loaded."""
+
+
+def _find_registry(module: ModuleType, attr: str | None, origin: str) -> Registry:
+    if attr is not None:
+        value: Any = module
+        for part in attr.split("."):
+            value = getattr(value, part, None)
+        if not isinstance(value, Registry):
+            raise LoadError(f"{origin}: attribute {attr!r} is not a synapse Registry")
+        return value
+    found = [v for v in vars(module).values() if isinstance(v, Registry)]
+    if len(found) != 1:
+        what = "no Registry" if not found else f"{len(found)} Registry objects (name one: module:attr)"
+        raise LoadError(f"{origin}: found {what}")
+    return found[0]
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise LoadError(f"no such file: {path}")
+    sys.path.insert(0, str(path.parent.resolve()))  # sibling imports work, as with `python file.py`
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise LoadError(f"error while importing {path}: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_registry(target: str | None) -> Registry:
+    """The registry named by ``target``: ``module:attr``, ``module``, ``path/to/file.py``, or None (built-ins)."""
+    if not target:
+        return default_registry()
+    if target.endswith(".py") or os.sep in target:
+        path, _, attr = target.partition(":") if not Path(target).exists() else (target, "", "")
+        return _find_registry(_import_file(Path(path)), attr or None, target)
+    module_name, _, attr = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # uvicorn's rule: modules are found from the working directory
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LoadError(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        raise LoadError(f"error while importing {module_name}: {type(exc).__name__}: {exc}") from exc
+    return _find_registry(module, attr or None, target)
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["synapse"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, with SPEC §2's drain in front of its own shutdown."""
+
+        drain_requested = False
+        drain_task: Any = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.drain_requested:  # a second signal: stop now
+                self.should_exit = self.force_exit = True
+            self.drain_requested = True  # not re-raised at exit: a graceful stop exits 0
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.drain_requested and self.drain_task is None and not self.should_exit:
+                import asyncio
+
+                for server in getattr(self, "servers", []):
+                    server.close()  # stop accepting connections
+                self.drain_task = asyncio.ensure_future(app.state.synapse.drain())
+            if self.drain_task is not None and self.drain_task.done():
+                return True
+            return await super().on_tick(counter)
+
+    app = create_app(registry, settings, version=version)
+    config = uvicorn.Config(
+        app,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_size,
+        ws_per_message_deflate=False,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="off",
+        log_config=_log_config(settings.log_level),
+        log_level=settings.log_level,
+        ssl_certfile=settings.certfile,
+        ssl_keyfile=settings.keyfile,
+        server_header=False,
+        timeout_graceful_shutdown=2,
+    )
+    return DrainingServer(config)
+
+
+def serve(registry: Registry, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:
+    """Serve ``registry`` on the bound socket ``sock`` in this process until SIGINT/SIGTERM."""
+    server = _uvicorn_server(registry, settings, version)
+    server.run(sockets=[sock])
+
+
+def _worker(target: str | None, settings: Settings, sock: socket.socket, version: str) -> None:
+    os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards one SIGTERM
+    serve(load_registry(target), settings, sock=sock, version=version)
+
+
+def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:
+    """Run ``settings.workers`` processes on one socket; restart any that dies; forward SIGTERM/SIGINT."""
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> Any:
+        process = context.Process(target=_worker, args=(target, settings, sock, version), daemon=False)
+        process.start()
+        return process
+
+    def stop(sig: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)  # a second signal forwarded = stop now
+
+    workers = [start() for _ in range(settings.workers)]
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while workers:
+            for index, process in enumerate(workers):
+                if process.exitcode is not None and not stopping:
+                    logger.warning("worker %s exited with %s; restarting it", process.pid, process.exitcode)
+                    workers[index] = start()
+            if stopping:
+                for process in workers:
+                    process.join()
+                break
+            time.sleep(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,406 @@
+"""The server: a Starlette app whose ``/ws`` endpoint moves frames between the socket and the core.
+
+The endpoint speaks raw ASGI (no per-message Starlette wrapper): it checks the handshake (token, origin,
+connection limit), then a :class:`Connection` reads frames, hands them to :mod:`synapse_cli.protocol` and
+:mod:`synapse_cli.registry`, runs each call (inline, on the loop, or in a thread) and writes the replies
+as they finish. ``run`` starts uvicorn with a graceful drain on SIGINT/SIGTERM (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from synapse_cli import protocol
+from synapse_cli.errors import RPCError
+from synapse_cli.protocol import CALL, CANCEL, LIST, NATIVE, ErrorInfo, Invalid, Request
+from synapse_cli.registry import Function, Registry, error_from_exception
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Settings",
+    "ServerState",
+    "bind_socket",
+    "create_app",
+    "is_loopback",
+]
+
+logger = logging.getLogger("synapse.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+HANDSHAKE_TIMEOUT = 10.0
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``synapse serve`` can be told (SPEC §2); the defaults are the documented ones."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    allow_origins: tuple[str, ...] = ()
+    insecure: bool = False
+    certfile: str | None = None
+    keyfile: str | None = None
+    max_message_size: int = 2**20
+    max_connections: int = 1000
+    max_inflight: int = 128
+    max_batch: int = 1000
+    call_timeout: float = 30.0
+    grace: float = 5.0
+    workers: int = 1
+    debug: bool = False
+    log_level: str = "info"
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.certfile else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/ws"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and the loopback ranges (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class ServerState:
+    """What the connections of one server process share."""
+
+    registry: Registry
+    settings: Settings
+    version: str = "0"
+    connections: set[Connection] = field(default_factory=set)
+    draining: bool = False
+
+    def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """Why a handshake must be refused (HTTP status and text), or None to accept it."""
+        headers = dict(scope.get("headers") or [])
+        if self.settings.token is not None:
+            supplied = headers.get(b"authorization", b"")
+            expected = b"Bearer " + self.settings.token.encode()
+            if not hmac.compare_digest(supplied, expected):
+                return 401, "missing or wrong bearer token"
+        origin = headers.get(b"origin")
+        if origin is not None and origin.decode("latin-1") not in self.settings.allow_origins:
+            return 403, "origin not allowed"
+        if self.draining:
+            return 503, "server is shutting down"
+        if len(self.connections) >= self.settings.max_connections:
+            return 503, "too many connections"
+        return None
+
+    async def drain(self) -> None:
+        """Shut down gracefully: refuse new calls, give in-flight ones ``grace`` seconds, close with 1001."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.grace
+        while any(c.pending for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.cancel_all(protocol.SHUTTING_DOWN)
+        await asyncio.sleep(0)  # let the cancelled calls write their -32003
+        for connection in list(self.connections):
+            await connection.close(1001)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An in-flight call: its task, and why it was cancelled (decides the reply)."""
+
+    task: asyncio.Task[None] | None = None
+    reason: int | None = None
+    timer: asyncio.TimerHandle | None = None
+    batch: bool = False  # a batch's gathering task: it has no timeout of its own
+
+
+class Connection:
+    """One WebSocket connection: reads frames, runs calls concurrently, writes replies as they finish."""
+
+    def __init__(self, state: ServerState, send: Send) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.registry = state.registry
+        self._send = send
+        self.pending: dict[Any, _Pending] = {}
+        self._slot_freed = asyncio.Event()
+        self._closed = False
+
+    async def serve(self, receive: Receive) -> None:
+        """The connection loop: read, decode, dispatch; stop reading while ``max_inflight`` calls run."""
+        limit = self.settings.max_inflight
+        while True:
+            while len(self.pending) >= limit:  # backpressure: the socket is not read meanwhile
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            message = await receive()
+            text = message.get("text")
+            if text is None:
+                if message["type"] == "websocket.receive":  # a binary frame
+                    await self.close(1003)
+                return
+            await self._handle(text)
+
+    async def _handle(self, text: str) -> None:
+        frame = protocol.decode_frame(text, max_batch=self.settings.max_batch)
+        if not frame.batch:
+            reply = self._start(frame.items[0], send=True)
+            if type(reply) is bytes:
+                await self.send(reply)
+            return
+        replies = [self._start(item, send=False) for item in frame.items]
+        if any(isinstance(reply, asyncio.Task) for reply in replies):
+            batch = _Pending(batch=True)
+            self._track(asyncio.ensure_future(self._finish_batch(replies)), batch, None)
+        else:
+            done = [reply for reply in replies if type(reply) is bytes]
+            if done:
+                await self.send(protocol.join_batch(done))
+
+    async def _finish_batch(self, replies: list[Any]) -> None:
+        parts = [await reply if isinstance(reply, asyncio.Task) else reply for reply in replies]
+        done = [part for part in parts if type(part) is bytes]
+        if done:
+            await self.send(protocol.join_batch(done))
+
+    def _start(self, item: Request | Invalid, *, send: bool) -> bytes | None | asyncio.Task[bytes | None]:
+        """Answer what can be answered now; start a task for the rest."""
+        if type(item) is Invalid:
+            return protocol.reply_error(item.id, item.dialect, item.error)
+        assert type(item) is Request
+        if item.kind == CANCEL:
+            self.cancel(item.id, protocol.CANCELLED)
+            return None
+        if item.kind != CALL:
+            return self._describe(item)
+        if self.state.draining:
+            return self._error(item, ErrorInfo(protocol.SHUTTING_DOWN, "server is shutting down"))
+        key = _key(item)
+        if key in self.pending:
+            return self._error(item, ErrorInfo(protocol.INVALID_REQUEST, f"duplicate id: {item.id!r} is in flight"))
+        try:
+            entry, args, kwargs = self.registry.resolve(item.func, item.args)
+        except RPCError as exc:
+            return self._error(item, ErrorInfo(exc.code, exc.message, exc.data))
+        if entry.inline and not entry.is_async:
+            return self._run_inline(item, entry, args, kwargs)
+        pending = _Pending()
+        task = asyncio.ensure_future(self._run(item, entry, args, kwargs, send, pending))
+        self._track(task, pending, None if item.notification else key)
+        return task
+
+    def _track(self, task: asyncio.Task[Any], pending: _Pending, key: Any) -> None:
+        pending.task = task
+        key = object() if key is None else key
+        self.pending[key] = pending
+        if self.settings.call_timeout > 0 and not pending.batch:
+            timeout = self.settings.call_timeout
+            pending.timer = asyncio.get_running_loop().call_later(timeout, self._expire, pending)
+        task.add_done_callback(functools.partial(self._done, key))
+
+    def _expire(self, pending: _Pending) -> None:
+        if pending.task is not None and not pending.task.done():
+            pending.reason = protocol.CALL_TIMEOUT
+            pending.task.cancel()
+
+    def _done(self, key: Any, task: asyncio.Task[Any]) -> None:
+        pending = self.pending.pop(key, None)
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:  # a bug of ours: never silent
+            logger.error("connection task failed", exc_info=task.exception())
+
+    def _run_inline(
+        self, item: Request, entry: Function, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes | None:
+        try:
+            result = entry.func(*args, **kwargs)
+        except Exception as exc:
+            return self._error(item, error_from_exception(exc, debug=self.settings.debug, function=entry.name))
+        return None if item.notification else protocol.reply_result(item.id, item.dialect, result)
+
+    async def _run(
+        self,
+        item: Request,
+        entry: Function,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        send: bool,
+        pending: _Pending,
+    ) -> bytes | None:
+        try:
+            if entry.is_async:
+                result = await entry.func(*args, **kwargs)
+            else:
+                call = functools.partial(entry.func, *args, **kwargs)
+                result = await asyncio.get_running_loop().run_in_executor(None, call)
+            reply = None if item.notification else protocol.reply_result(item.id, item.dialect, result)
+        except asyncio.CancelledError:
+            reason = pending.reason
+            if reason is None:  # the client went away: nobody to answer
+                raise
+            reply = self._error(item, _CANCEL_ERRORS[reason])
+        except Exception as exc:
+            reply = self._error(item, error_from_exception(exc, debug=self.settings.debug, function=entry.name))
+        if send and reply is not None:
+            await self.send(reply)
+        return reply
+
+    def _describe(self, item: Request) -> bytes | None:
+        if item.notification:
+            return None
+        if item.kind == LIST:
+            return protocol.reply_result(item.id, NATIVE, {"functions": self.registry.describe()})
+        document = self.registry.openrpc(version=self.state.version)
+        return protocol.reply_result(item.id, item.dialect, document)
+
+    @staticmethod
+    def _error(item: Request, error: ErrorInfo) -> bytes | None:
+        return None if item.notification else protocol.reply_error(item.id, item.dialect, error)
+
+    def cancel(self, request_id: Any, reason: int) -> None:
+        """Cancel the in-flight call with this id (unknown ids are ignored)."""
+        pending = self.pending.get((type(request_id) is str, request_id))
+        if pending is not None and pending.task is not None and not pending.task.done():
+            pending.reason = reason
+            pending.task.cancel()
+
+    def cancel_all(self, reason: int | None) -> None:
+        """Cancel every in-flight call; ``reason`` None means nobody is left to answer."""
+        for pending in list(self.pending.values()):
+            if reason is not None and pending.batch:
+                continue  # its calls answer for themselves; the batch then replies
+            if pending.task is not None and not pending.task.done():
+                pending.reason = reason
+                pending.task.cancel()
+
+    async def send(self, data: bytes) -> None:
+        """Write one text frame; a peer that is gone is not an error worth raising."""
+        if self._closed:
+            return
+        try:
+            await self._send({"type": "websocket.send", "text": data.decode()})
+        except (OSError, RuntimeError):
+            self._closed = True
+        except Exception as exc:  # uvicorn's ClientDisconnected is not public
+            if type(exc).__name__ != "ClientDisconnected":
+                raise
+            self._closed = True
+
+    async def close(self, code: int) -> None:
+        """Close the WebSocket with ``code`` (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._send({"type": "websocket.close", "code": code})
+        except Exception:  # already gone
+            logger.debug("close(%d) on a connection already gone", code)
+
+
+_CANCEL_ERRORS = {
+    protocol.CANCELLED: ErrorInfo(protocol.CANCELLED, "call cancelled"),
+    protocol.CALL_TIMEOUT: ErrorInfo(protocol.CALL_TIMEOUT, "call timed out"),
+    protocol.SHUTTING_DOWN: ErrorInfo(protocol.SHUTTING_DOWN, "server is shutting down"),
+}
+
+
+def _key(item: Request) -> Any:
+    return (type(item.id) is str, item.id)
+
+
+class RPCEndpoint:
+    """The raw ASGI ``/ws`` endpoint: handshake checks, then one :class:`Connection`."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        refusal = self.state.refusal(scope)
+        if refusal is not None:
+            await _deny(scope, send, *refusal)
+            return
+        await send({"type": "websocket.accept"})
+        connection = Connection(self.state, send)
+        self.state.connections.add(connection)
+        try:
+            await connection.serve(receive)
+        finally:
+            self.state.connections.discard(connection)
+            connection.cancel_all(None)
+
+
+async def _deny(scope: Scope, send: Send, status: int, text: str) -> None:
+    """Refuse a handshake with an HTTP status (the ASGI denial-response extension), else 403."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = text.encode() + b"\n"
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+def create_app(registry: Registry, settings: Settings | None = None, *, version: str = "0") -> Any:
+    """The ASGI application: ``/ws`` (RPC), ``/health`` (JSON)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request as HTTPRequest
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route, WebSocketRoute
+
+    state = ServerState(registry, settings or Settings(), version)
+
+    async def health(request: HTTPRequest) -> JSONResponse:
+        body = {
+            "status": "shutting down" if state.draining else "ok",
+            "version": version,
+            "functions": len(registry),
+            "connections": len(state.connections),
+        }
+        return JSONResponse(body, status_code=503 if state.draining else 200)
+
+    routes = [WebSocketRoute("/ws", RPCEndpoint(state)), Route("/health", health)]
+    app = Starlette(routes=routes)
+    app.state.synapse = state
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves: the real port is known before serving (port 0 works)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
