@@ -91,6 +91,28 @@ def _log_config(level: str) -> dict[str, Any]:
     return config
 
 
+def _deadline_protocol(timeout: float) -> Any:
+    """uvicorn's HTTP protocol, dropping a connection whose handshake request is not in after ``timeout``."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class DeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(timeout, self._expire)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _expire(self) -> None:
+            # Still ours (not upgraded) and no request ever completed its headers: a slow or silent peer.
+            if self.transport.get_protocol() is self and self.cycle is None and not self.transport.is_closing():
+                logger.info("dropping a connection whose request did not arrive within %g s", timeout)
+                self.transport.close()
+
+    return DeadlineProtocol
+
+
 def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any:
     import uvicorn
 
@@ -119,6 +141,7 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
     app = create_app(registry, settings, version=version)
     config = uvicorn.Config(
         app,
+        http=_deadline_protocol(settings.handshake_timeout),
         ws="websockets-sansio",
         ws_max_size=settings.max_message_size,
         ws_per_message_deflate=False,

@@ -37,7 +37,6 @@ logger = logging.getLogger("synapse.server")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-HANDSHAKE_TIMEOUT = 10.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -62,6 +61,7 @@ class Settings:
     max_batch: int = 1000
     call_timeout: float = 30.0
     grace: float = 5.0
+    handshake_timeout: float = 10.0
     workers: int = 1
     debug: bool = False
     log_level: str = "info"

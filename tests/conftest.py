@@ -1,0 +1,106 @@
+"""Shared fixtures: real servers on 127.0.0.1 (port 0, bound by the test), real WebSocket clients."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from synapse_cli import runner
+from synapse_cli.builtins import default_registry
+from synapse_cli.registry import Registry
+from synapse_cli.server import ServerState, Settings, bind_socket
+
+TESTS = Path(__file__).parent
+APPS = TESTS / "apps"
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A server running in a thread of this process."""
+
+    url: str
+    http: str
+    port: int
+    state: ServerState
+    server: Any
+
+
+@contextlib.contextmanager
+def running_server(registry: Registry | None = None, **options: Any) -> Iterator[RunningServer]:
+    """Serve ``registry`` (default: the built-ins) on a free loopback port for the block's duration."""
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    settings = Settings(**{"log_level": "warning", **options, "port": port})
+    server = runner._uvicorn_server(registry or default_registry(), settings, "test")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    scheme = "wss" if settings.certfile else "ws"
+    http = "https" if settings.certfile else "http"
+    try:
+        yield RunningServer(
+            f"{scheme}://127.0.0.1:{port}/ws",
+            f"{http}://127.0.0.1:{port}",
+            port,
+            server.config.app.state.synapse,
+            server,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[RunningServer]:
+    """One server with the built-in functions, shared by the tests that do not change settings."""
+    with running_server() as running:
+        yield running
+
+
+@pytest.fixture
+def make_server() -> Callable[..., contextlib.AbstractContextManager[RunningServer]]:
+    """A factory for servers with their own registry or settings: ``with make_server(max_inflight=2) as s:``."""
+    return running_server
+
+
+def load_app(name: str) -> Registry:
+    """A registry from tests/apps/<name>.py, loaded the way ``synapse serve path.py`` loads it."""
+    return runner.load_registry(str(APPS / f"{name}.py"))
+
+
+@pytest.fixture(scope="session")
+def spec_server() -> Iterator[RunningServer]:
+    """A server with the JSON-RPC 2.0 specification's example functions (subtract, sum, get_data...)."""
+    with running_server(load_app("jsonrpc_examples")) as running:
+        yield running
+
+
+def synapse_executable() -> str:
+    """The installed ``synapse`` command of this environment."""
+    candidate = Path(sys.executable).parent / "synapse"
+    found = str(candidate) if candidate.exists() else shutil.which("synapse")
+    assert found, "the synapse command is not installed"
+    return found
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for running ``synapse`` as a subprocess: no colours, no inherited URL or token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_")}
+    env.update({"NO_COLOR": "1", "COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
+    return env
