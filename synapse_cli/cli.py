@@ -354,19 +354,21 @@ def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 def main() -> None:
     """Entry point of the ``synapse`` command: one ``synapse: error:`` line per failure, SPEC §4 exit codes."""
-    import click
-
     try:
         status = app(standalone_mode=False, prog_name="synapse")
     except UsageError as exc:
         _exit_with(render.error_line(str(exc)), ExitStatus.USAGE)
-    except click.UsageError as exc:
-        hint = f" (see 'synapse {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.info_name != "synapse" else ""
-        _exit_with(render.error_line(exc.format_message()) + hint, ExitStatus.USAGE)
-    except click.ClickException as exc:
-        _exit_with(render.error_line(exc.format_message()), ExitStatus.USAGE)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _exit_with(render.error_line("interrupted"), ExitStatus.INTERRUPTED)
+    except Exception as exc:
+        # click's exceptions, or the copy of click that newer typer versions vendor: same interface.
+        if not hasattr(exc, "format_message"):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `synapse`: the help, as usage text
+            _exit_with(exc.format_message().rstrip(), ExitStatus.USAGE)
+        command = getattr(getattr(exc, "ctx", None), "info_name", None)
+        hint = f" (see 'synapse {command} --help')" if command and command != "synapse" else ""
+        _exit_with(render.error_line(exc.format_message()) + hint, ExitStatus.USAGE)
     sys.exit(status if isinstance(status, int) else 0)
 
 

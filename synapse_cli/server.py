@@ -119,7 +119,9 @@ class ServerState:
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.cancel_all(protocol.SHUTTING_DOWN)
-        await asyncio.sleep(0)  # let the cancelled calls write their -32003
+        deadline = loop.time() + 1.0  # let the cancelled calls write their -32003
+        while any(c.pending for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         for connection in list(self.connections):
             await connection.close(1001)
 

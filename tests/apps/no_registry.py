@@ -1,0 +1,3 @@
+"""A module with no Registry in it."""
+
+VALUE = 1

@@ -1,0 +1,78 @@
+"""render: the pure functions that turn results into text for terminals and pipes."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from synapse_cli import render
+from synapse_cli.builtins import default_registry
+
+
+def _text(renderable: object, width: int = 120) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False)
+    console.print(renderable)
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(output, str)
+    return output
+
+
+def test_json_line_is_compact_and_newline_terminated() -> None:
+    """Pipes get compact JSON on exactly one line."""
+    assert render.json_line({"a": [1, 2.5, None, "x"]}) == '{"a":[1,2.5,null,"x"]}\n'
+
+
+def test_write_json_writes_to_the_given_stream() -> None:
+    """write_json bypasses rich and writes the JSON line itself."""
+    stream = io.StringIO()
+    render.write_json([3], stream)
+    assert stream.getvalue() == "[3]\n"
+
+
+def test_error_line_is_one_line() -> None:
+    """Every CLI error is a single 'synapse: error:' line, whatever the message holds."""
+    assert render.error_line("bad\nthing   here") == "synapse: error: bad thing here"
+
+
+def test_type_of_names_common_schemas() -> None:
+    """JSON Schemas become short type names."""
+    assert render.type_of({"anyOf": [{"type": "integer"}, {"type": "number"}]}) == "integer | number"
+    assert render.type_of({"type": "array", "items": {"type": "string"}}) == "array[string]"
+    assert render.type_of({"$ref": "#/$defs/Point"}) == "Point"
+    assert render.type_of({}) == "any"
+    assert render.type_of({"enum": ["a", "b"]}) == '"a" | "b"'
+    assert render.type_of({"type": "object", "additionalProperties": {"type": "number"}}) == "object[number]"
+
+
+def test_signature_shows_defaults() -> None:
+    """A function's signature lists parameters, defaults and the result type."""
+    functions = {f["name"]: f for f in default_registry().describe()}
+    assert render.signature(functions["add_numbers"]) == (
+        "add_numbers(a: integer | number, b: integer | number) -> integer | number"
+    )
+    assert render.signature(functions["fail"]) == 'fail(message: string = "boom") -> null'
+
+
+def test_functions_table_lists_every_function() -> None:
+    """The list table has one row per function, with its description."""
+    text = _text(render.functions_table(default_registry().describe()))
+    for name in ("add_numbers", "echo", "sleep", "divide", "fail"):
+        assert name in text
+    assert "Return the value unchanged." in text
+
+
+def test_banner_shows_url_and_details() -> None:
+    """The serve banner shows the URL, the version, the details and the functions."""
+    text = _text(
+        render.banner("ws://127.0.0.1:9/ws", default_registry().describe(), version="1.2.3", details={"auth": "none"})
+    )
+    assert "ws://127.0.0.1:9/ws" in text
+    assert "synapse 1.2.3" in text
+    assert "auth: none" in text
+    assert "5 functions" in text
+
+
+def test_pretty_value_renders_json() -> None:
+    """Terminal results are indented JSON."""
+    assert _text(render.pretty_value({"a": 1})) == '{\n  "a": 1\n}\n'

@@ -1,0 +1,141 @@
+"""runner: loading user registries, the handshake deadline, workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import APPS, running_server, synapse_executable
+from websockets.sync.client import connect
+
+from synapse_cli.registry import Registry
+from synapse_cli.runner import LoadError, load_registry
+from synapse_cli.server import Settings, bind_socket, is_loopback
+
+
+def test_no_target_gives_the_builtins() -> None:
+    """Without an application, the built-in functions are served."""
+    names = [f["name"] for f in load_registry(None).describe()]
+    assert names == ["add_numbers", "echo", "sleep", "divide", "fail"]
+
+
+def test_load_from_file_path() -> None:
+    """A path to a .py file finds the one Registry in it."""
+    registry = load_registry(str(APPS / "pids.py"))
+    assert isinstance(registry, Registry)
+    assert "pid" in registry
+
+
+def test_load_module_attr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """module:attr is imported from the working directory, as uvicorn does."""
+    monkeypatch.chdir(APPS)
+    monkeypatch.syspath_prepend(str(APPS))
+    registry = load_registry("pkg.rpc:registry")
+    assert [f["name"] for f in registry.describe()] == ["greet"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("missing_file.py", "no such file"),
+        (str(APPS / "broken.py"), "RuntimeError: this module is broken on purpose"),
+        (str(APPS / "no_registry.py"), "found no Registry"),
+        ("pkg.rpc", "found 2 Registry objects"),
+        ("pkg.rpc:nothing", "attribute 'nothing' is not a synapse Registry"),
+        ("no_such_module_xyz:registry", "cannot import module 'no_such_module_xyz'"),
+    ],
+)
+def test_load_errors_are_clear(monkeypatch: pytest.MonkeyPatch, target: str, message: str) -> None:
+    """Every way of naming a wrong application raises LoadError with a clear message."""
+    monkeypatch.chdir(APPS)
+    monkeypatch.syspath_prepend(str(APPS))
+    with pytest.raises(LoadError, match=re.escape(message)):
+        load_registry(target)
+
+
+def test_loopback_detection() -> None:
+    """Loopback hosts are recognised; anything else is public."""
+    assert is_loopback("127.0.0.1") and is_loopback("127.3.2.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1") and not is_loopback("example.com")
+
+
+def test_settings_url() -> None:
+    """The URL reflects scheme, host and port."""
+    assert Settings(port=9).url == "ws://127.0.0.1:9/ws"
+    assert Settings(host="::1", port=9, certfile="c").url == "wss://[::1]:9/ws"
+
+
+def test_bind_socket_port_zero() -> None:
+    """Binding port 0 yields a real free port before serving starts."""
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.getsockname()[1] > 0
+    finally:
+        sock.close()
+
+
+def test_silent_peer_is_dropped_after_the_handshake_deadline() -> None:
+    """A socket that sends nothing (or trickles headers) is closed; real clients connect meanwhile."""
+    with running_server(handshake_timeout=0.5) as server:
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        trickle = socket.create_connection(("127.0.0.1", server.port))
+        trickle.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        silent.settimeout(5)
+        trickle.settimeout(5)
+        with connect(server.url) as ws:
+            ws.send('{"id":1,"func":"add_numbers","args":[1,2]}')
+            assert ws.recv(timeout=5) == '{"id":1,"result":3,"error":null}'
+        start = time.monotonic()
+        assert silent.recv(10) == b""
+        assert trickle.recv(10) == b""
+        assert time.monotonic() - start < 3
+        silent.close()
+        trickle.close()
+
+
+@pytest.mark.slow
+def test_workers_share_the_port_and_stop_on_sigterm(cli_env: dict[str, str]) -> None:
+    """--workers 2 answers from two processes on one port; SIGTERM stops them all with exit 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [synapse_executable(), "serve", str(APPS / "pids.py"), "--port", str(port), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=cli_env,
+        start_new_session=True,
+    )
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < deadline:
+            try:
+                with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2) as ws:
+                    ws.send('{"id":1,"func":"pid"}')
+                    pids.add(int(ws.recv(timeout=5).split('"result":')[1].split(",")[0]))
+            except OSError:
+                time.sleep(0.2)
+        assert len(pids) == 2
+        assert process.pid not in pids
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+        assert process.returncode == 0
+        assert b"Traceback" not in stderr
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    """`python -m synapse_cli --version` is the same command."""
+    out = subprocess.run([sys.executable, "-m", "synapse_cli", "--version"], capture_output=True, timeout=30)
+    assert out.returncode == 0
+    assert out.stdout.decode().startswith("synapse ")
