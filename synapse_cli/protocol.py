@@ -9,6 +9,7 @@ Nothing in this module touches a socket or an event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -86,8 +87,8 @@ _NATIVE_KEYS: Final = frozenset({"id", "op", "func", "args"})
 _JSONRPC_KEYS: Final = frozenset({"jsonrpc", "method", "params", "id"})
 _OPS: Final = {"call": CALL, "list": LIST, "cancel": CANCEL}
 # A string token (skipped whole), a number token, or a bracket: enough to check what orjson lets pass.
-_TOKEN: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[\[\]{}]')
-_LONG_DIGITS: Final = re.compile(rb"\d{19}")
+_TOKEN: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[\[\]{}]', re.ASCII)
+_LONG_DIGITS: Final = re.compile(r"\d{19}", re.ASCII)  # ASCII: several times faster, and JSON digits are ASCII
 
 
 @dataclass(slots=True, frozen=True)
@@ -155,19 +156,19 @@ def _parse_error(message: str) -> Frame:
     return Frame([Invalid(None, JSONRPC, ErrorInfo(PARSE_ERROR, message))])
 
 
-def _scan_error(raw: bytes) -> str | None:
+def _scan_error(text: str) -> str | None:
     """Find what orjson accepts but the spec refuses: nesting over MAX_DEPTH, integers past 64 bits."""
     depth = 0
-    for match in _TOKEN.finditer(raw):
+    for match in _TOKEN.finditer(text):
         token = match.group()
         first = token[0]
-        if first in b"[{":
+        if first in "[{":
             depth += 1
             if depth > MAX_DEPTH:
                 return f"nesting deeper than {MAX_DEPTH}"
-        elif first in b"]}":
+        elif first in "]}":
             depth -= 1
-        elif first != 34 and not any(c in token for c in b".eE"):  # 34 is '"'
+        elif first != '"' and "." not in token and "e" not in token and "E" not in token:
             if not _INT64_MIN <= int(token) < _UINT64_END:
                 return "integer does not fit in 64 bits"
     return None
@@ -179,10 +180,11 @@ def parse_json(text: str | bytes) -> tuple[Any, str | None]:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         return None, f"parse error: {exc}"
-    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if not isinstance(text, str):
+        text = text.decode()  # orjson accepted it: valid UTF-8
     # Cheap filters first: the exact scan only runs when the text could break a rule.
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH or _LONG_DIGITS.search(raw):
-        reason = _scan_error(raw)
+    if text.count("[") + text.count("{") > MAX_DEPTH or _LONG_DIGITS.search(text):
+        reason = _scan_error(text)
         if reason:
             return None, f"parse error: {reason}"
     return value, None
@@ -211,9 +213,8 @@ def _decode_native(obj: dict[str, Any]) -> Request | Invalid:
     if not has_id or not _valid_id(request_id, NATIVE):
         reason = "missing id" if not has_id else "id must be a string (<= 128 chars) or an integer 0 <= n < 2^53"
         return _invalid(reason, None, NATIVE)
-    extra = obj.keys() - _NATIVE_KEYS
-    if extra:
-        return _invalid(f"unknown field: {sorted(extra)[0]}", request_id, NATIVE)
+    if not _NATIVE_KEYS.issuperset(obj):
+        return _invalid(f"unknown field: {sorted(obj.keys() - _NATIVE_KEYS)[0]}", request_id, NATIVE)
     kind = _OPS.get(obj.get("op", "call")) if type(obj.get("op", "call")) is str else None
     if kind is None:
         return _invalid("op must be one of: call, list, cancel", request_id, NATIVE)
@@ -238,9 +239,8 @@ def _decode_jsonrpc(obj: dict[str, Any]) -> Request | Invalid:
         return _invalid("invalid id")
     if obj["jsonrpc"] != "2.0":
         return _invalid('jsonrpc must be "2.0"', request_id)
-    extra = obj.keys() - _JSONRPC_KEYS
-    if extra:
-        return _invalid(f"unknown member: {sorted(extra)[0]}", request_id)
+    if not _JSONRPC_KEYS.issuperset(obj):
+        return _invalid(f"unknown member: {sorted(obj.keys() - _JSONRPC_KEYS)[0]}", request_id)
     method = obj.get("method")
     problem = "missing method" if "method" not in obj else _check_func(method)
     params = obj.get("params", [])
@@ -300,18 +300,33 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
+def _children(item: Any) -> Any:
+    """What orjson would serialize inside ``item`` (None for a leaf)."""
+    if isinstance(item, dict):
+        return item.values()
+    if isinstance(item, (list, tuple)):
+        return item
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return [getattr(item, f.name) for f in dataclasses.fields(item)]
+    dump = getattr(item, "model_dump", None)
+    if dump is not None:  # a pydantic model: check its Python values, NaN included
+        return dump().values()
+    return None
+
+
 def _carriable(value: Any) -> bool:
     """True when ``value`` has no NaN/Infinity and no nesting deeper than MAX_DEPTH."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        kind = type(item)
-        if kind is float and not math.isfinite(item):
-            return False
-        if kind in (list, tuple, dict):
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+            continue
+        children = _children(item)
+        if children is not None:
             if depth > MAX_DEPTH:
                 return False
-            children = item.values() if kind is dict else item
             stack.extend((child, depth + 1) for child in children)
     return True
 

@@ -96,7 +96,9 @@ class Function:
         """Validate ``args`` against the signature: (args, kwargs) to call with, or RPCError -32602."""
         named = self._by_name(args) if type(args) is list else self._split_extra(args)  # type: ignore[arg-type]
         try:
-            bound: tuple[tuple[Any, ...], dict[str, Any]] = self._validator.validate_json(orjson.dumps(named))
+            bound: tuple[tuple[Any, ...], dict[str, Any]] = self._validator.validate_json(
+                orjson.dumps(named), strict=True
+            )
         except pydantic.ValidationError as exc:
             details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
             raise RPCError(f"invalid arguments for {self.name}", INVALID_PARAMS, details) from None
@@ -205,18 +207,27 @@ class Registry:
         return [entry.describe() for entry in self._functions.values()]
 
     def openrpc(self, *, title: str = "synapse", version: str = "0") -> dict[str, Any]:
-        """An OpenRPC 1.x document describing every function (the ``rpc.discover`` result)."""
+        """An OpenRPC 1.x document describing every function (the ``rpc.discover`` result).
+
+        Models shared by parameters and results live once in ``components.schemas``.
+        """
         methods = []
+        components: dict[str, Any] = {}
         for entry in self._functions.values():
-            props = entry.params_schema.get("properties", {})
-            required = set(entry.params_schema.get("required", []))
+            params_schema = _lift_defs(entry.params_schema, components)
+            props = params_schema.get("properties", {})
+            required = set(params_schema.get("required", []))
             params = [{"name": key, "schema": schema, "required": key in required} for key, schema in props.items()]
             method: dict[str, Any] = {"name": entry.name, "params": params, "paramStructure": "either"}
             if entry.description:
                 method["description"] = entry.description
-            method["result"] = {"name": "result", "schema": entry.result_schema}
+            method["result"] = {"name": "result", "schema": _lift_defs(entry.result_schema, components)}
             methods.append(method)
-        return {"openrpc": "1.3.2", "info": {"title": title, "version": version}, "methods": methods}
+        document: dict[str, Any] = {"openrpc": "1.3.2", "info": {"title": title, "version": version}}
+        document["methods"] = methods
+        if components:
+            document["components"] = {"schemas": components}
+        return document
 
     def __len__(self) -> int:
         return len(self._functions)
@@ -226,6 +237,16 @@ class Registry:
 
     def __iter__(self) -> Iterator[Function]:
         return iter(list(self._functions.values()))
+
+
+def _lift_defs(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """Move a JSON Schema's ``$defs`` into OpenRPC ``components.schemas`` and point its refs there."""
+    if "$defs" not in schema and b"#/$defs/" not in orjson.dumps(schema):
+        return schema
+    moved = orjson.loads(orjson.dumps(schema).replace(b'"#/$defs/', b'"#/components/schemas/'))
+    for name, definition in moved.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    return dict(moved)
 
 
 def error_from_exception(exc: BaseException, *, debug: bool = False, function: str = "") -> ErrorInfo:

@@ -83,6 +83,16 @@ def load_registry(target: str | None) -> Registry:
     return _find_registry(module, attr or None, target)
 
 
+class _NoPeerTracebacks(logging.Filter):
+    """A peer's bad bytes are its problem, not ours: log one line, not a traceback per occurrence."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Invalid UTF-8"):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def _log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
@@ -139,6 +149,9 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
             return await super().on_tick(counter)
 
     app = create_app(registry, settings, version=version)
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _NoPeerTracebacks) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(_NoPeerTracebacks())
     config = uvicorn.Config(
         app,
         http=_deadline_protocol(settings.handshake_timeout),

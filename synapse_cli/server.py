@@ -14,12 +14,14 @@ import hmac
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from synapse_cli import protocol
 from synapse_cli.errors import RPCError
+from synapse_cli.metrics import Metrics
 from synapse_cli.protocol import CALL, CANCEL, LIST, NATIVE, ErrorInfo, Invalid, Request
 from synapse_cli.registry import Function, Registry, error_from_exception
 
@@ -92,6 +94,13 @@ class ServerState:
     version: str = "0"
     connections: set[Connection] = field(default_factory=set)
     draining: bool = False
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(
+            connections=lambda: len(self.connections),
+            inflight=lambda: sum(len(c.pending) for c in self.connections),
+        )
 
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
         """Why a handshake must be refused (HTTP status and text), or None to accept it."""
@@ -134,6 +143,20 @@ class _Pending:
     reason: int | None = None
     timer: asyncio.TimerHandle | None = None
     batch: bool = False  # a batch's gathering task: it has no timeout of its own
+    started: bool = False
+
+    def stop(self, reason: int | None) -> None:
+        """Cancel the call; ``reason`` (an error code) decides its reply, None means no reply.
+
+        A task cancelled before its first step never enters its ``try``, so a call that has not
+        started yet is only marked: it answers with the reason as soon as it starts.
+        """
+        if self.task is None or self.task.done():
+            return
+        if self.reason is None:
+            self.reason = reason
+        if self.started or reason is None:
+            self.task.cancel()
 
 
 class Connection:
@@ -143,9 +166,11 @@ class Connection:
         self.state = state
         self.settings = state.settings
         self.registry = state.registry
+        self.metrics = state.metrics
         self._send = send
         self.pending: dict[Any, _Pending] = {}
         self._slot_freed = asyncio.Event()
+        self._running = asyncio.Semaphore(state.settings.max_inflight)  # batches included
         self._closed = False
 
     async def serve(self, receive: Receive) -> None:
@@ -200,14 +225,17 @@ class Connection:
         key = _key(item)
         if key in self.pending:
             return self._error(item, ErrorInfo(protocol.INVALID_REQUEST, f"duplicate id: {item.id!r} is in flight"))
+        start = time.perf_counter()
         try:
             entry, args, kwargs = self.registry.resolve(item.func, item.args)
         except RPCError as exc:
+            known = exc.code != protocol.METHOD_NOT_FOUND  # unknown names would make labels unbounded
+            self.metrics.record(item.func if known else "<unknown>", str(exc.code), time.perf_counter() - start)
             return self._error(item, ErrorInfo(exc.code, exc.message, exc.data))
         if entry.inline and not entry.is_async:
-            return self._run_inline(item, entry, args, kwargs)
+            return self._run_inline(item, entry, args, kwargs, start)
         pending = _Pending()
-        task = asyncio.ensure_future(self._run(item, entry, args, kwargs, send, pending))
+        task = asyncio.ensure_future(self._run(item, entry, args, kwargs, send, pending, start))
         self._track(task, pending, None if item.notification else key)
         return task
 
@@ -220,10 +248,9 @@ class Connection:
             pending.timer = asyncio.get_running_loop().call_later(timeout, self._expire, pending)
         task.add_done_callback(functools.partial(self._done, key))
 
-    def _expire(self, pending: _Pending) -> None:
-        if pending.task is not None and not pending.task.done():
-            pending.reason = protocol.CALL_TIMEOUT
-            pending.task.cancel()
+    @staticmethod
+    def _expire(pending: _Pending) -> None:
+        pending.stop(protocol.CALL_TIMEOUT)
 
     def _done(self, key: Any, task: asyncio.Task[Any]) -> None:
         pending = self.pending.pop(key, None)
@@ -234,13 +261,17 @@ class Connection:
             logger.error("connection task failed", exc_info=task.exception())
 
     def _run_inline(
-        self, item: Request, entry: Function, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, item: Request, entry: Function, args: tuple[Any, ...], kwargs: dict[str, Any], start: float
     ) -> bytes | None:
         try:
             result = entry.func(*args, **kwargs)
         except Exception as exc:
-            return self._error(item, error_from_exception(exc, debug=self.settings.debug, function=entry.name))
-        return None if item.notification else protocol.reply_result(item.id, item.dialect, result)
+            error = error_from_exception(exc, debug=self.settings.debug, function=entry.name)
+            self.metrics.record(entry.name, str(error.code), time.perf_counter() - start)
+            return self._error(item, error)
+        reply = None if item.notification else protocol.reply_result(item.id, item.dialect, result)
+        self.metrics.record(entry.name, "ok", time.perf_counter() - start)
+        return reply
 
     async def _run(
         self,
@@ -250,21 +281,31 @@ class Connection:
         kwargs: dict[str, Any],
         send: bool,
         pending: _Pending,
+        start: float,
     ) -> bytes | None:
+        pending.started = True
+        outcome = "ok"
         try:
-            if entry.is_async:
-                result = await entry.func(*args, **kwargs)
-            else:
-                call = functools.partial(entry.func, *args, **kwargs)
-                result = await asyncio.get_running_loop().run_in_executor(None, call)
+            if pending.reason is not None:  # cancelled before it started
+                raise asyncio.CancelledError
+            async with self._running:
+                if entry.is_async:
+                    result = await entry.func(*args, **kwargs)
+                else:
+                    call = functools.partial(entry.func, *args, **kwargs)
+                    result = await asyncio.get_running_loop().run_in_executor(None, call)
             reply = None if item.notification else protocol.reply_result(item.id, item.dialect, result)
         except asyncio.CancelledError:
             reason = pending.reason
             if reason is None:  # the client went away: nobody to answer
                 raise
+            outcome = str(reason)
             reply = self._error(item, _CANCEL_ERRORS[reason])
         except Exception as exc:
-            reply = self._error(item, error_from_exception(exc, debug=self.settings.debug, function=entry.name))
+            error = error_from_exception(exc, debug=self.settings.debug, function=entry.name)
+            outcome = str(error.code)
+            reply = self._error(item, error)
+        self.metrics.record(entry.name, outcome, time.perf_counter() - start)
         if send and reply is not None:
             await self.send(reply)
         return reply
@@ -284,18 +325,15 @@ class Connection:
     def cancel(self, request_id: Any, reason: int) -> None:
         """Cancel the in-flight call with this id (unknown ids are ignored)."""
         pending = self.pending.get((type(request_id) is str, request_id))
-        if pending is not None and pending.task is not None and not pending.task.done():
-            pending.reason = reason
-            pending.task.cancel()
+        if pending is not None:
+            pending.stop(reason)
 
     def cancel_all(self, reason: int | None) -> None:
         """Cancel every in-flight call; ``reason`` None means nobody is left to answer."""
         for pending in list(self.pending.values()):
             if reason is not None and pending.batch:
                 continue  # its calls answer for themselves; the batch then replies
-            if pending.task is not None and not pending.task.done():
-                pending.reason = reason
-                pending.task.cancel()
+            pending.stop(reason)
 
     async def send(self, data: bytes) -> None:
         """Write one text frame; a peer that is gone is not an error worth raising."""
@@ -370,13 +408,18 @@ async def _deny(scope: Scope, send: Send, status: int, text: str) -> None:
 
 
 def create_app(registry: Registry, settings: Settings | None = None, *, version: str = "0") -> Any:
-    """The ASGI application: ``/ws`` (RPC), ``/health`` (JSON)."""
+    """The ASGI application: ``/ws`` (RPC), ``/health`` (JSON), ``/metrics`` (Prometheus text)."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HTTPRequest
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route, WebSocketRoute
 
+    from synapse_cli.metrics import CONTENT_TYPE_LATEST
+
     state = ServerState(registry, settings or Settings(), version)
+
+    async def metrics(request: HTTPRequest) -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: HTTPRequest) -> JSONResponse:
         body = {
@@ -387,7 +430,7 @@ def create_app(registry: Registry, settings: Settings | None = None, *, version:
         }
         return JSONResponse(body, status_code=503 if state.draining else 200)
 
-    routes = [WebSocketRoute("/ws", RPCEndpoint(state)), Route("/health", health)]
+    routes = [WebSocketRoute("/ws", RPCEndpoint(state)), Route("/health", health), Route("/metrics", metrics)]
     app = Starlette(routes=routes)
     app.state.synapse = state
     return app

@@ -1,0 +1,68 @@
+"""Server metrics in Prometheus form (``GET /metrics``), kept with ``prometheus_client``.
+
+Each app owns its own ``CollectorRegistry``, so several servers in one process (tests, embedded
+benchmarks) never mix their numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# Call latency buckets, in seconds: 50 µs to 30 s (the default call timeout).
+_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+
+
+class Metrics:
+    """The numbers one server process exposes."""
+
+    def __init__(self, *, connections: Callable[[], int], inflight: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.calls = Counter(
+            "synapse_calls", "Calls answered, by function and outcome (ok or the error code).",
+            ["function", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "synapse_call_duration_seconds", "Time from a call's arrival to its reply, by function.",
+            ["function"], buckets=_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        Gauge("synapse_connections", "Open WebSocket connections.", registry=self.registry).set_function(connections)
+        Gauge("synapse_inflight_calls", "Calls running now.", registry=self.registry).set_function(inflight)
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def record(self, function: str, outcome: str, seconds: float) -> None:
+        """Count one answered call and its latency."""
+        children = self._children.get((function, outcome))
+        if children is None:  # labels() takes a lock and builds a key: do it once per pair
+            children = (self.calls.labels(function, outcome), self.latency.labels(function))
+            self._children[(function, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
