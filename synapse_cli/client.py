@@ -66,7 +66,7 @@ def _mapped_errors(url: str) -> Iterator[None]:
         body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
         detail = f" ({body})" if body else ""
         raise ConnectError(f"{url}: handshake rejected: HTTP {status}{detail}", url=url, status=status) from exc
-    except InvalidURI as exc:
+    except (InvalidURI, ValueError) as exc:  # websockets raises ValueError for a port out of range
         raise ConnectError(f"invalid URL {url!r}: {exc}", url=url) from exc
     except InvalidHandshake as exc:
         raise ConnectError(f"{url}: handshake failed: {exc}", url=url) from exc
@@ -196,44 +196,58 @@ class Client:
 
     async def request(self, func: str, args: list[Any] | dict[str, Any], *, timeout: float | None = -1.0) -> Any:
         """Call ``func`` with ``args`` as the protocol carries them (a list or a dict)."""
-        ws = await self._ready()
         request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        limit = self.timeout if timeout == -1.0 else timeout
+        text = protocol.encode_call(request_id, func, args, self.dialect).decode()
+        return await self._exchange(request_id, text, func, self.timeout if timeout == -1.0 else timeout)
+
+    async def list(self) -> list[dict[str, Any]]:
+        """The server's functions: ``[{"name", "description", "params", "result"}]``."""
+        if self.dialect == NATIVE:
+            request_id = next(self._ids)
+            result = await self._exchange(request_id, f'{{"id":{request_id},"op":"list"}}', "list", self.timeout)
+            return list(result["functions"])
+        document = await self.request("rpc.discover", [])
+        return [_from_openrpc(method) for method in document.get("methods", [])]
+
+    async def _exchange(self, request_id: int, text: str, what: str, limit: float | None) -> Any:
+        """Send one request and wait for its reply, routed to us by id."""
+        future = await self._send(request_id, text)
         try:
-            with _mapped_errors(self.url):
-                await ws.send(protocol.encode_call(request_id, func, args, self.dialect).decode())
-            if limit is None:
-                return await future
-            return await asyncio.wait_for(future, limit)
+            return await (future if limit is None else asyncio.wait_for(future, limit))
         except asyncio.TimeoutError:
             self._send_cancel(request_id)
-            raise CallTimeout(f"no reply to {func} within {limit:g} s") from None
+            raise CallTimeout(f"no reply to {what} within {limit:g} s") from None
         except asyncio.CancelledError:
             self._send_cancel(request_id)
             raise
         finally:
             self._pending.pop(request_id, None)
 
-    async def list(self) -> list[dict[str, Any]]:
-        """The server's functions: ``[{"name", "description", "params", "result"}]``."""
-        if self.dialect == NATIVE:
+    async def _send(self, request_id: int, text: str) -> asyncio.Future[Any]:
+        """Register the reply's future, then send; a connection found dead before sending is reopened once."""
+        from websockets.exceptions import ConnectionClosed
+
+        for attempt in (1, 2):
             ws = await self._ready()
-            request_id = next(self._ids)
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = future
+            self._pending[request_id] = future  # before sending: the reply may come at once
             try:
                 with _mapped_errors(self.url):
-                    await ws.send(f'{{"id":{request_id},"op":"list"}}')
-                result = await asyncio.wait_for(future, self.timeout)
-            except asyncio.TimeoutError:
-                raise CallTimeout(f"no reply to list within {self.timeout:g} s") from None
-            finally:
+                    try:
+                        await ws.send(text)
+                    except ConnectionClosed:
+                        if attempt == 2:
+                            raise
+                        # It dropped before we noticed, so nothing went out: reconnecting is not a re-send.
+                        self._pending.pop(request_id, None)
+                        if self._reader is not None:
+                            await asyncio.wait([self._reader], timeout=self.open_timeout)
+                        continue
+            except BaseException:
                 self._pending.pop(request_id, None)
-            return list(result["functions"])
-        document = await self.request("rpc.discover", [])
-        return [_from_openrpc(method) for method in document.get("methods", [])]
+                raise
+            return future
+        raise AssertionError("unreachable")
 
     async def _ready(self) -> Any:
         if self._ws is not None and self.connected:
@@ -449,7 +463,8 @@ async def ordered_calls(
         await producer  # surfaces a read error
     finally:
         producer.cancel()
-        while not window.empty():
-            leftover = window.get_nowait()
-            if leftover is not None:
-                leftover.cancel()
+        leftovers = [task for task in (window.get_nowait() for _ in range(window.qsize())) if task is not None]
+        for task in leftovers:
+            task.cancel()
+        # Let each cancelled call run its handler (which sends `cancel`) before the client closes.
+        await asyncio.gather(*leftovers, return_exceptions=True)
