@@ -7,6 +7,7 @@ them, so ``synapse --help`` and ``synapse call`` start fast.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import re
 import signal
@@ -17,6 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
+from typer.core import TyperGroup
 
 from synapse_cli import __version__, render
 from synapse_cli.client import DEFAULT_URL, Client, ordered_calls
@@ -298,6 +300,172 @@ def list_functions(
 async def _list(client: Client) -> list[dict[str, Any]]:
     async with client:
         return await client.list()
+
+
+# -- bench ---------------------------------------------------------------------------------------
+
+
+class _DefaultToRun(TyperGroup):
+    """``synapse bench [FUNC ARG ...]`` runs a benchmark; ``compare`` and ``merge`` are its siblings."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+bench_app = typer.Typer(
+    cls=_DefaultToRun,
+    help="Measure throughput and latency of a WebSocket RPC endpoint (run, compare, merge).",
+    rich_markup_mode=None,
+)
+app.add_typer(bench_app, name="bench")
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``10s``, ``500ms``, ``2m``, ``1h`` or plain seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise UsageError(f"cannot read duration {text!r} (e.g. 10s, 500ms, 2m)")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+@bench_app.command("run", context_settings={"ignore_unknown_options": True})
+def bench_run(
+    func: Annotated[str | None, typer.Argument(help="Function to call (default: add_numbers 1 2).")] = None,
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments: JSON literals or name=value.")] = None,
+    data: Annotated[str | None, typer.Option("-d", "--data", help="All arguments as JSON, @file or @-.")] = None,
+    calls: Annotated[int, typer.Option("-n", "--calls", min=1, help="Measured calls.")] = 1000,
+    duration: Annotated[str | None, typer.Option("-z", "--duration", help="Measure for this long (10s, 2m).")] = None,
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency", min=1, help="Calls in flight.")] = 50,
+    connections: Annotated[int | None, typer.Option(min=1, help="Connections (default min(c, 8)).")] = None,
+    warmup: Annotated[str, typer.Option(help="Warm-up before measuring (excluded from results).")] = "1s",
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Open model: total calls per second.")] = None,
+    timeout: TimeoutOption = 10.0,
+    procs: Annotated[int, typer.Option(min=1, help="Load processes; histograms merged exactly.")] = 1,
+    slo: Annotated[str | None, typer.Option(help='Exit 99 unless met, e.g. "p99<20ms,errors=0".')] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")] = None,
+    url: Annotated[str | None, typer.Option(envvar="SYNAPSE_URL", help="Target (default: an embedded server).")] = None,
+    token: TokenOption = None,
+    jsonrpc: JsonRpcOption = False,
+    json_output: JsonOption = False,
+    cafile: CafileOption = None,
+    insecure: InsecureTLSOption = False,
+) -> None:
+    """Benchmark a function: closed model (-n/-z, -c) or open model (--rate), with an HDR latency histogram."""
+    from synapse_cli import bench, stats
+
+    if func is not None and func.startswith("-"):
+        raise UsageError(f"no such option: {func}")
+    call_args = parse_call_args(args or [], data) if func is not None else [1, 2]
+    rules = _parse_slo(slo)
+    config = bench.BenchConfig(
+        url=url or "", func=func or "add_numbers", args=call_args, calls=calls,
+        duration=parse_duration(duration) if duration else None, concurrency=concurrency, connections=connections,
+        warmup=parse_duration(warmup), rate=rate, timeout=timeout, token=token,
+        dialect="jsonrpc" if jsonrpc else "native", cafile=str(cafile) if cafile else None, insecure=insecure,
+        procs=procs,
+    )  # fmt: skip
+    report = _bench(config)
+    _write_report(report, output, json_output)
+    failures = stats.check_slo(report, rules) if rules else []
+    for failure in failures:
+        sys.stderr.write(render.error_line(f"SLO not met: {failure}") + "\n")
+    if rules:
+        raise typer.Exit(ExitStatus.SLO_NOT_MET if failures else ExitStatus.OK)
+    raise typer.Exit(ExitStatus.ERROR if report["calls"]["errors"] else ExitStatus.OK)
+
+
+def _parse_slo(text: str | None) -> Any:
+    from synapse_cli import stats
+
+    try:
+        return stats.parse_slo(text) if text else None
+    except ValueError as exc:
+        raise UsageError(f"--slo: {exc}") from None
+
+
+def _bench(config: Any) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from synapse_cli import bench
+
+    stderr = render.console(stderr=True)
+    try:
+        with contextlib.ExitStack() as stack:
+            if not config.url:
+                config = replace(config, url=stack.enter_context(bench.embedded_server()))
+                stderr.print(f"no --url: benchmarking an embedded synapse server at {config.url} (stopped afterwards)")
+            if config.procs > 1:
+                return bench.run_bench_procs(config)
+            bar = stack.enter_context(render.BenchProgress(stderr)) if stderr.is_terminal else None
+            return bench.run_bench(config, progress=bar.update if bar else None)
+    except SynapseError as exc:
+        _fail(*_describe(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitStatus.INTERRUPTED)
+
+
+def _write_report(report: dict[str, Any], output: Path | None, json_output: bool) -> None:
+    if output is not None:
+        try:
+            output.write_text(render.json_line(report), encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror or exc}", ExitStatus.ERROR)
+    if json_output or not sys.stdout.isatty():
+        render.write_json(report)
+    else:
+        render.console().print(render.bench_report(report))
+
+
+def _load_reports(paths: list[Path]) -> list[dict[str, Any]]:
+    reports = []
+    for path in paths:
+        try:
+            report = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise UsageError(f"cannot read report {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not isinstance(report, dict) or report.get("schema_version") != 1:
+            raise UsageError(f"{path} is not a synapse bench report (schema_version 1)")
+        reports.append(report)
+    return reports
+
+
+@bench_app.command("compare")
+def bench_compare(
+    base: Annotated[Path, typer.Argument(help="The reference report (JSON).")],
+    new: Annotated[Path, typer.Argument(help="The report to compare with it.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Per-metric deltas between two saved reports (calls/s, p50, p90, p99, p99.9, errors)."""
+    from synapse_cli import stats
+
+    rows, warnings = stats.compare_reports(*_load_reports([base, new]))
+    for warning in warnings:
+        sys.stderr.write(f"synapse: warning: {warning}\n")
+    if json_output or not sys.stdout.isatty():
+        render.write_json({"base": str(base), "new": str(new), "metrics": rows, "warnings": warnings})
+    else:
+        render.console().print(render.comparison_table(rows, str(base), str(new)))
+
+
+@bench_app.command("merge")
+def bench_merge(
+    reports: Annotated[list[Path], typer.Argument(help="Reports of runs made at the same time (JSON).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the merged report here.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Merge reports from several machines into one (histograms merged exactly, rates summed)."""
+    from synapse_cli import stats
+
+    try:
+        merged = stats.merge_reports(_load_reports(reports))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _write_report(merged, output, json_output)
 
 
 # -- running and failing -------------------------------------------------------------------------

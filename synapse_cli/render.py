@@ -14,7 +14,10 @@ from typing import IO, Any
 import orjson
 
 __all__ = [
+    "BenchProgress",
     "banner",
+    "bench_report",
+    "comparison_table",
     "console",
     "error_line",
     "functions_table",
@@ -131,3 +134,210 @@ def banner(url: str, functions: list[dict[str, Any]], *, version: str, details: 
         lines.append(value)
     table = functions_table(functions, title=f"{len(functions)} functions")
     return Group(Panel(lines, expand=False), table)
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+_LATENCY_ROWS = ("min", "mean", "stdev", "p50", "p90", "p99", "p99.9", "max")
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n too small"
+    return f"{value:,.3f} ms" if value < 100 else f"{value:,.1f} ms"
+
+
+def _kv_table(title: str, rows: list[tuple[str, str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="dim")
+    table.add_column(justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _run_table(report: dict[str, Any]) -> Any:
+    config = report["config"]
+    target = f"{config['func']}({', '.join(orjson.dumps(a).decode() for a in config['args'])})"
+    if isinstance(config["args"], dict):
+        target = f"{config['func']}({orjson.dumps(config['args']).decode()})"
+    model = f"open, {config['rate']:g} calls/s" if config.get("rate") else "closed"
+    rows = [
+        ("url", str(config["url"])),
+        ("call", target + (" (JSON-RPC)" if config.get("dialect") == "jsonrpc" else "")),
+        ("model", model),
+        ("concurrency", f"{config['concurrency']} over {config['connections']} connections"),
+        ("processes", str(config.get("procs", 1))),
+    ]
+    if report.get("versions"):
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in report["versions"].items())))
+    return _kv_table("run", rows)
+
+
+def _summary_table(report: dict[str, Any]) -> Any:
+    calls = report["calls"]
+    traffic = report.get("traffic") or {}
+    rows = [
+        ("calls", f"{calls['measured']:,}"),
+        ("ok", f"{calls['ok']:,}"),
+        ("errors", f"[red]{calls['errors']:,}[/]" if calls["errors"] else "0"),
+        ("warm-up calls (excluded)", f"{calls['warmup']:,}"),
+        ("duration", f"{report['duration_s']:,.3f} s"),
+        ("calls/s", f"[bold]{report['calls_per_s']:,.0f}[/]"),
+    ]
+    rate = report.get("rate")
+    if rate:
+        share = rate["achieved"] / rate["target"] * 100 if rate["target"] else 0.0
+        style = "red" if share < 98 else "green"
+        rows.append(("target rate", f"{rate['target']:,.0f} calls/s"))
+        rows.append(("achieved rate", f"[{style}]{rate['achieved']:,.0f} calls/s ({share:.1f} %)[/]"))
+        rows.append(("late sends (no free slot)", f"{rate['late_sends']:,}"))
+    if traffic:
+        rows.append(("sent / received", f"{traffic['bytes_sent']:,} B / {traffic['bytes_received']:,} B"))
+        strays = traffic.get("unmatched", 0) + traffic.get("duplicates", 0) + traffic.get("late_replies", 0)
+        if strays:
+            rows.append(
+                (
+                    "unmatched / duplicate / late replies",
+                    "{unmatched} / {duplicates} / {late_replies}".format(**traffic),
+                )
+            )
+    return _kv_table("summary", rows)
+
+
+def _latency_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="latency", title_justify="left")
+    table.add_column("")
+    service = report.get("service_latency_ms")
+    table.add_column("response time" if service else "latency", justify="right")
+    if service:
+        table.add_column("service time", justify="right")
+    for key in _LATENCY_ROWS:
+        row = [key, _ms(report["latency_ms"].get(key))]
+        if service:
+            row.append(_ms(service.get(key)))
+        table.add_row(*row)
+    if service:
+        table.caption = (
+            "response time: from the scheduled send (coordinated omission corrected); service: from the actual send"
+        )
+    return table
+
+
+def _histogram_panel(report: dict[str, Any], width: int = 40) -> Any:
+    from rich.table import Table
+
+    from synapse_cli import stats
+
+    buckets = stats.log_buckets(stats.decode_histogram(report["histogram"]))
+    table = Table(title="latency histogram (log scale)", title_justify="left", box=None, padding=(0, 1))
+    table.add_column("latency", justify="right", style="dim")
+    table.add_column("")
+    table.add_column("calls", justify="right")
+    top = max((count for _, _, count in buckets), default=0)
+    for low, high, count in buckets:
+        bar = "█" * max(1 if count else 0, round(count / top * width)) if top else ""
+        table.add_row(f"{low:,.3f} – {high:,.3f} ms", f"[cyan]{bar}[/]", f"{count:,}")
+    return table
+
+
+def _errors_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="errors", title_justify="left")
+    for column in ("kind", "code", "count", "first message"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for error in report["errors"]:
+        code = "" if error.get("code") is None else str(error["code"])
+        table.add_row(error["kind"], code, f"{error['count']:,}", str(error.get("first_message", "")))
+    return table
+
+
+def _generator_table(report: dict[str, Any]) -> Any:
+    generator = report["generator"]
+    rows = [("CPU", f"{generator['cpu_pct']:.0f} %"), ("event-loop lag p99", f"{generator['loop_lag_ms']:.3f} ms")]
+    if "schedule_lag_ms" in generator:
+        rows.append(("schedule lag p99", f"{generator['schedule_lag_ms']:.3f} ms"))
+    table = _kv_table("generator health", rows)
+    if generator["bound"]:
+        table.caption = "[bold red]the load generator, not the server, was the limit: try --procs 2 or more[/]"
+    return table
+
+
+def bench_report(report: dict[str, Any]) -> Any:
+    """Every table of a benchmark report: run, summary, latency, histogram, errors, generator health."""
+    from rich.console import Group
+
+    parts = [_run_table(report), _summary_table(report), _latency_table(report)]
+    if report["calls"]["measured"]:
+        parts.append(_histogram_panel(report))
+    if report["errors"]:
+        parts.append(_errors_table(report))
+    parts.append(_generator_table(report))
+    return Group(*parts)
+
+
+def comparison_table(rows: list[dict[str, Any]], base: str, new: str) -> Any:
+    """``bench compare``: one row per metric, the delta coloured by whether it got better."""
+    from rich.table import Table
+
+    table = Table(title=f"{base} → {new}", title_justify="left")
+    for column in ("metric", "base", "new", "delta", "%"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        style = "" if row["better"] is None else "green" if row["better"] else "red"
+        unit = " ms" if row["metric"].startswith("p") else ""
+        cells = [_number(row["base"], unit), _number(row["new"], unit), _number(row["delta"], unit, sign=True)]
+        percent = "" if row["pct"] is None else f"{row['pct']:+.1f} %"
+        table.add_row(row["metric"], *cells[:2], f"[{style}]{cells[2]}[/]" if style else cells[2], percent)
+    return table
+
+
+def _number(value: float | None, unit: str, *, sign: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:+,.3f}" if sign else f"{value:,.3f}"
+    return text.rstrip("0").rstrip(".") + unit
+
+
+class BenchProgress:
+    """The live progress bar on stderr: calls done, calls/s, in flight, errors."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("warming up", total=None, status="")
+
+    def __enter__(self) -> BenchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def update(self, snapshot: Any) -> None:
+        """Take a :class:`synapse_cli.bench.Progress` snapshot (called from the benchmark's loop)."""
+        if snapshot.warming_up:
+            self._progress.update(self._task, description="warming up", status="")
+            return
+        if snapshot.total is not None:
+            total, completed = float(snapshot.total), float(snapshot.done)
+        else:
+            total, completed = float(snapshot.planned or 1), min(snapshot.elapsed, float(snapshot.planned or 1))
+        status = (
+            f"{snapshot.done:,} calls  {snapshot.calls_per_s:,.0f}/s  "
+            f"{snapshot.in_flight} in flight  {snapshot.errors} errors"
+        )
+        self._progress.update(self._task, description="benchmarking", total=total, completed=completed, status=status)
