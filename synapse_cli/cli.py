@@ -394,15 +394,19 @@ def _bench(config: Any) -> dict[str, Any]:
     from synapse_cli import bench
 
     stderr = render.console(stderr=True)
+    url_given = bool(config.url)
     try:
         with contextlib.ExitStack() as stack:
             if not config.url:
                 config = replace(config, url=stack.enter_context(bench.embedded_server()))
                 stderr.print(f"no --url: benchmarking an embedded synapse server at {config.url} (stopped afterwards)")
             if config.procs > 1:
-                return bench.run_bench_procs(config)
-            bar = stack.enter_context(render.BenchProgress(stderr)) if stderr.is_terminal else None
-            return bench.run_bench(config, progress=bar.update if bar else None)
+                report = bench.run_bench_procs(config)
+            else:
+                bar = stack.enter_context(render.BenchProgress(stderr)) if stderr.is_terminal else None
+                report = bench.run_bench(config, progress=bar.update if bar else None)
+            report["config"]["embedded"] = not url_given
+            return report
     except SynapseError as exc:
         _fail(*_describe(exc))
     except KeyboardInterrupt:

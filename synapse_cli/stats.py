@@ -203,8 +203,11 @@ def compare_reports(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[dic
             better = (delta > 0) == (name in _HIGHER_IS_BETTER)
         rows.append({"metric": name, "base": before, "new": after, "delta": delta, "pct": percent, "better": better})
     warnings = []
+    ignored = set(_OUTPUT_ONLY)
+    if base["config"].get("embedded") and new["config"].get("embedded"):
+        ignored.add("url")  # each embedded server gets a fresh port: not a difference worth a warning
     for key in sorted(set(base["config"]) | set(new["config"])):
-        if key not in _OUTPUT_ONLY and base["config"].get(key) != new["config"].get(key):
+        if key not in ignored and base["config"].get(key) != new["config"].get(key):
             warnings.append(f"config differs: {key} = {base['config'].get(key)!r} vs {new['config'].get(key)!r}")
     return rows, warnings
 
