@@ -261,9 +261,10 @@ class _Run:
     def _next(self, listener: _Listener, now: int) -> None:
         if self.config.rate:
             if self.backlog and not listener.closed:
-                scheduled = self.backlog.popleft()
+                scheduled = self.backlog.popleft()  # already counted in `started` when scheduled
                 self.late_sends += 1
-                self._start_call(listener, scheduled, now)
+                self.in_flight_total += 1
+                listener.send(scheduled, False)
             self._check_finished()
         else:
             self.fill(listener)

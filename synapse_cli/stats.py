@@ -70,7 +70,7 @@ class Recorder:
 
 def min_samples(percentile: float) -> int:
     """Samples needed before a percentile means something: 10 / (1 - p), e.g. 1,000 for p99."""
-    return math.ceil(10 / (1 - percentile / 100) - 1e-9)
+    return math.ceil(round(10 / (1 - percentile / 100), 6))  # round: 10 / (1 - 0.999) is 10000.0000000011
 
 
 def _key(percentile: float) -> str:
@@ -214,7 +214,7 @@ def compare_reports(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[dic
 
 # -- SLOs ------------------------------------------------------------------------------------------
 
-_SLO = re.compile(r"^\s*([a-z_][a-z0-9_.]*)\s*(<=|>=|==|<|>|=)\s*([0-9.]+(?:e[+-]?\d+)?)\s*([a-z%/]*)\s*$", re.I)
+_SLO = re.compile(r"^\s*([a-z_][a-z0-9_.]*)\s*(<=|>=|==|<|>|=)\s*([0-9.]+(?:e[+-]?\d+)?)\s*([a-zµ%/]*)\s*$", re.I)
 _LATENCY = {"min", "mean", "max", "p50", "p90", "p99", "p99.9"}
 _ALIASES = {"rps": "calls_per_s", "qps": "calls_per_s", "throughput": "calls_per_s", "error_rate": "error_rate"}
 _UNITS = {"": 1.0, "ms": 1.0, "us": 0.001, "µs": 0.001, "s": 1000.0}
