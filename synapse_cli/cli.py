@@ -96,6 +96,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Largest batch (array) accepted.")] = 1000,
     call_timeout: Annotated[float, typer.Option(min=0, help="Seconds a call may run (0: no limit).")] = 30.0,
     grace: Annotated[float, typer.Option(min=0, help="Seconds in-flight calls get at shutdown.")] = 5.0,
+    ping_interval: Annotated[float, typer.Option(min=0, help="Seconds between keepalive pings (0: none).")] = 20.0,
+    ping_timeout: Annotated[float, typer.Option(min=0, help="Close a peer whose pong is this late.")] = 20.0,
     workers: Annotated[int, typer.Option(min=1, help="Processes serving the same port.")] = 1,
     debug: Annotated[bool, typer.Option(help="Send exception text and tracebacks to clients.")] = False,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug.")] = "info",
@@ -108,6 +110,7 @@ def serve(
         certfile=str(certfile) if certfile else None, keyfile=str(keyfile) if keyfile else None,
         max_message_size=max_message_size, max_connections=max_connections, max_inflight=max_inflight,
         max_batch=max_batch, call_timeout=call_timeout, grace=grace, workers=workers, debug=debug,
+        ping_interval=ping_interval, ping_timeout=ping_timeout,
         log_level=log_level.lower(),
     )  # fmt: skip
     _check_serve_settings(settings)

@@ -64,6 +64,8 @@ class Settings:
     call_timeout: float = 30.0
     grace: float = 5.0
     handshake_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     workers: int = 1
     debug: bool = False
     log_level: str = "info"
