@@ -101,6 +101,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Processes serving the same port.")] = 1,
     debug: Annotated[bool, typer.Option(help="Send exception text and tracebacks to clients.")] = False,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug.")] = "info",
+    log_format: Annotated[str, typer.Option(help="human (uvicorn-style) or json (one object per line).")] = "human",
 ) -> None:
     """Serve functions over WebSocket (the built-ins, or your registry)."""
     from synapse_cli import runner, server
@@ -110,7 +111,7 @@ def serve(
         certfile=str(certfile) if certfile else None, keyfile=str(keyfile) if keyfile else None,
         max_message_size=max_message_size, max_connections=max_connections, max_inflight=max_inflight,
         max_batch=max_batch, call_timeout=call_timeout, grace=grace, workers=workers, debug=debug,
-        ping_interval=ping_interval, ping_timeout=ping_timeout,
+        ping_interval=ping_interval, ping_timeout=ping_timeout, log_format=log_format.lower(),
         log_level=log_level.lower(),
     )  # fmt: skip
     _check_serve_settings(settings)
@@ -145,6 +146,8 @@ def _check_serve_settings(settings: Any) -> None:
         raise UsageError("--certfile and --keyfile go together")
     if settings.log_level not in {"critical", "error", "warning", "info", "debug", "trace"}:
         raise UsageError(f"unknown --log-level {settings.log_level!r}")
+    if settings.log_format not in {"human", "json"}:
+        raise UsageError(f"unknown --log-format {settings.log_format!r} (human or json)")
 
 
 def _serve_details(settings: Any) -> dict[str, str]:

@@ -6,7 +6,6 @@ concerns); this one owns processes, signals and imports of user code.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.util
 import logging
@@ -21,6 +20,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from synapse_cli.builtins import default_registry
+from synapse_cli.logs import SafeLogFilter, log_config
 from synapse_cli.registry import Registry
 from synapse_cli.server import Settings, create_app
 
@@ -81,24 +81,6 @@ def load_registry(target: str | None) -> Registry:
     except Exception as exc:
         raise LoadError(f"error while importing {module_name}: {type(exc).__name__}: {exc}") from exc
     return _find_registry(module, attr or None, target)
-
-
-class _NoPeerTracebacks(logging.Filter):
-    """A peer's bad bytes are its problem, not ours: log one line, not a traceback per occurrence."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("Invalid UTF-8"):
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _log_config(level: str) -> dict[str, Any]:
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["synapse"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
 
 
 def _deadline_protocol(timeout: float) -> Any:
@@ -196,8 +178,8 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
 
     app = create_app(registry, settings, version=version)
     uvicorn_errors = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _NoPeerTracebacks) for f in uvicorn_errors.filters):
-        uvicorn_errors.addFilter(_NoPeerTracebacks())
+    if not any(isinstance(f, SafeLogFilter) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(SafeLogFilter())
     config = uvicorn.Config(
         app,
         http=_deadline_protocol(settings.handshake_timeout),
@@ -207,7 +189,7 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
         ws_ping_interval=settings.ping_interval or None,
         ws_ping_timeout=settings.ping_timeout or None,
         lifespan="off",
-        log_config=_log_config(settings.log_level),
+        log_config=log_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         ssl_certfile=settings.certfile,
         ssl_keyfile=settings.keyfile,

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hmac
 import ipaddress
+import itertools
 import logging
 import socket
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 from synapse_cli import protocol
 from synapse_cli.errors import RPCError
+from synapse_cli.logs import RateLimitedLog
 from synapse_cli.metrics import Metrics
 from synapse_cli.protocol import CALL, CANCEL, LIST, NATIVE, ErrorInfo, Invalid, Request
 from synapse_cli.registry import Function, Registry, error_from_exception
@@ -69,6 +71,7 @@ class Settings:
     workers: int = 1
     debug: bool = False
     log_level: str = "info"
+    log_format: str = "human"
 
     @property
     def url(self) -> str:
@@ -104,14 +107,18 @@ class ServerState:
             inflight=lambda: sum(len(c.pending) for c in self.connections),
         )
 
+    def authorized(self, headers: dict[bytes, bytes]) -> bool:
+        """True when no token is set, or the headers carry ``Authorization: Bearer <token>`` (constant time)."""
+        if self.settings.token is None:
+            return True
+        expected = b"Bearer " + self.settings.token.encode()
+        return hmac.compare_digest(headers.get(b"authorization", b""), expected)
+
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
         """Why a handshake must be refused (HTTP status and text), or None to accept it."""
         headers = dict(scope.get("headers") or [])
-        if self.settings.token is not None:
-            supplied = headers.get(b"authorization", b"")
-            expected = b"Bearer " + self.settings.token.encode()
-            if not hmac.compare_digest(supplied, expected):
-                return 401, "missing or wrong bearer token"
+        if not self.authorized(headers):
+            return 401, "missing or wrong bearer token"
         origin = headers.get(b"origin")
         if origin is not None and origin.decode("latin-1") not in self.settings.allow_origins:
             return 403, "origin not allowed"
@@ -164,7 +171,9 @@ class _Pending:
 class Connection:
     """One WebSocket connection: reads frames, runs calls concurrently, writes replies as they finish."""
 
-    def __init__(self, state: ServerState, send: Send) -> None:
+    def __init__(self, state: ServerState, send: Send, *, number: int = 0, peer: str = "") -> None:
+        self.number = number
+        self.peer = peer
         self.state = state
         self.settings = state.settings
         self.registry = state.registry
@@ -174,6 +183,15 @@ class Connection:
         self._slot_freed = asyncio.Event()
         self._running = asyncio.Semaphore(state.settings.max_inflight)  # batches included
         self._closed = False
+        self._protocol_log = RateLimitedLog()
+
+    def _observe(self, item: Request, function: str, outcome: str, start: float) -> None:
+        """Count an answered call in the metrics; log it at debug level (ids and names, never bodies)."""
+        seconds = time.perf_counter() - start
+        self.metrics.record(function, outcome, seconds)
+        if logger.isEnabledFor(logging.DEBUG):
+            fields = {"connection": self.number, "call_id": item.id, "function": function, "outcome": outcome}
+            logger.debug("call %s %s", function, outcome, extra={**fields, "duration_ms": round(seconds * 1000, 3)})
 
     async def serve(self, receive: Receive) -> None:
         """The connection loop: read, decode, dispatch; stop reading while ``max_inflight`` calls run."""
@@ -215,6 +233,9 @@ class Connection:
     def _start(self, item: Request | Invalid, *, send: bool) -> bytes | None | asyncio.Task[bytes | None]:
         """Answer what can be answered now; start a task for the rest."""
         if type(item) is Invalid:
+            code = item.error.code
+            fields = {"connection": self.number, "peer": self.peer, "code": code}
+            self._protocol_log(logger, logging.INFO, "protocol error %d: %s", code, item.error.message, **fields)
             return protocol.reply_error(item.id, item.dialect, item.error)
         assert type(item) is Request
         if item.kind == CANCEL:
@@ -232,7 +253,7 @@ class Connection:
             entry, args, kwargs = self.registry.resolve(item.func, item.args)
         except RPCError as exc:
             known = exc.code != protocol.METHOD_NOT_FOUND  # unknown names would make labels unbounded
-            self.metrics.record(item.func if known else "<unknown>", str(exc.code), time.perf_counter() - start)
+            self._observe(item, item.func if known else "<unknown>", str(exc.code), start)
             return self._error(item, ErrorInfo(exc.code, exc.message, exc.data))
         if entry.inline and not entry.is_async:
             return self._run_inline(item, entry, args, kwargs, start)
@@ -269,10 +290,10 @@ class Connection:
             result = entry.func(*args, **kwargs)
         except Exception as exc:
             error = error_from_exception(exc, debug=self.settings.debug, function=entry.name)
-            self.metrics.record(entry.name, str(error.code), time.perf_counter() - start)
+            self._observe(item, entry.name, str(error.code), start)
             return self._error(item, error)
         reply = None if item.notification else protocol.reply_result(item.id, item.dialect, result)
-        self.metrics.record(entry.name, "ok", time.perf_counter() - start)
+        self._observe(item, entry.name, "ok", start)
         return reply
 
     async def _run(
@@ -307,7 +328,7 @@ class Connection:
             error = error_from_exception(exc, debug=self.settings.debug, function=entry.name)
             outcome = str(error.code)
             reply = self._error(item, error)
-        self.metrics.record(entry.name, outcome, time.perf_counter() - start)
+        self._observe(item, entry.name, outcome, start)
         if send and reply is not None:
             await self.send(reply)
         return reply
@@ -377,6 +398,7 @@ class RPCEndpoint:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self._numbers = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -387,7 +409,9 @@ class RPCEndpoint:
             await _deny(scope, send, *refusal)
             return
         await send({"type": "websocket.accept"})
-        connection = Connection(self.state, send)
+        client = scope.get("client")
+        peer = f"{client[0]}:{client[1]}" if client else ""
+        connection = Connection(self.state, send, number=next(self._numbers), peer=peer)
         self.state.connections.add(connection)
         try:
             await connection.serve(receive)
@@ -421,6 +445,8 @@ def create_app(registry: Registry, settings: Settings | None = None, *, version:
     state = ServerState(registry, settings or Settings(), version)
 
     async def metrics(request: HTTPRequest) -> Response:
+        if not state.authorized(dict(request.scope["headers"])):  # metrics reveal function names and load
+            return Response("missing or wrong bearer token\n", 401, {"www-authenticate": "Bearer"})
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: HTTPRequest) -> JSONResponse:
