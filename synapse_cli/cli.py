@@ -99,6 +99,7 @@ def serve(
     ping_interval: Annotated[float, typer.Option(min=0, help="Seconds between keepalive pings (0: none).")] = 20.0,
     ping_timeout: Annotated[float, typer.Option(min=0, help="Close a peer whose pong is this late.")] = 20.0,
     workers: Annotated[int, typer.Option(min=1, help="Processes serving the same port.")] = 1,
+    reload: Annotated[bool, typer.Option(help="Restart when a .py file changes (development).")] = False,
     debug: Annotated[bool, typer.Option(help="Send exception text and tracebacks to clients.")] = False,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug.")] = "info",
     log_format: Annotated[str, typer.Option(help="human (uvicorn-style) or json (one object per line).")] = "human",
@@ -115,6 +116,8 @@ def serve(
         log_level=log_level.lower(),
     )  # fmt: skip
     _check_serve_settings(settings)
+    if reload and workers > 1:
+        raise UsageError("--reload runs one process: it does not combine with --workers")
     try:
         registry = runner.load_registry(target)
         sock = server.bind_socket(host, port)
@@ -127,7 +130,9 @@ def serve(
     render.console(stderr=True).print(
         render.banner(settings.url, registry.describe(), version=__version__, details=details)
     )
-    if settings.workers > 1:
+    if reload:
+        runner.serve_reload(target, settings, sock=sock, version=__version__)
+    elif settings.workers > 1:
         runner.serve_workers(target, settings, sock=sock, version=__version__)
     else:
         runner.serve(registry, settings, sock=sock, version=__version__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import logging.config
 import multiprocessing
 import os
 import signal
@@ -24,7 +25,7 @@ from synapse_cli.logs import SafeLogFilter, log_config
 from synapse_cli.registry import Registry
 from synapse_cli.server import Settings, create_app
 
-__all__ = ["LoadError", "load_registry", "serve", "serve_workers"]
+__all__ = ["LoadError", "load_registry", "serve", "serve_reload", "serve_workers"]
 
 logger = logging.getLogger("synapse.server")
 
@@ -212,6 +213,7 @@ def _worker(target: str | None, settings: Settings, sock: socket.socket, version
 
 def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:
     """Run ``settings.workers`` processes on one socket; restart any that dies; forward SIGTERM/SIGINT."""
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -241,5 +243,50 @@ def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket
                 break
             time.sleep(0.2)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve_reload(target: str | None, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:
+    """Development mode: serve in a child process and restart it whenever a .py file changes.
+
+    Watches the working directory and the application file's directory with ``watchfiles`` (the
+    library behind uvicorn's ``--reload``).
+    """
+    import threading
+
+    import watchfiles
+
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+    context = multiprocessing.get_context("spawn")
+    directories = {Path.cwd()}
+    if target and (target.endswith(".py") or os.sep in target):
+        directories.add(Path(target.partition(":")[0] if not Path(target).exists() else target).resolve().parent)
+    stop = threading.Event()
+
+    def start() -> Any:
+        process = context.Process(target=_worker, args=(target, settings, sock, version))
+        process.start()
+        return process
+
+    def finish(process: Any) -> None:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+        process.join(settings.grace + 5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    process = start()
+    logger.info("watching %s for changes", ", ".join(sorted(map(str, directories))))
+    try:
+        for changes in watchfiles.watch(*directories, watch_filter=watchfiles.PythonFilter(), stop_event=stop):
+            names = sorted({Path(path).name for _, path in changes})
+            logger.warning("%s changed; restarting", ", ".join(names))
+            finish(process)
+            process = start()
+    finally:
+        finish(process)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
