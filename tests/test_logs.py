@@ -1,0 +1,131 @@
+"""Logs: JSON lines, per-call fields, rate-limited protocol errors, no tokens or bodies; --reload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import synapse_executable
+from websockets.sync.client import connect
+
+from synapse_cli.logs import JSONFormatter, RateLimitedLog, SafeLogFilter
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(args: list[str], env: dict[str, str], cwd: Path | None = None) -> Iterator[tuple[str, list[str]]]:
+    """Run `synapse serve ARGS --port P`; yield its URL and (after it stops) its stderr lines."""
+    port = free_port()
+    process = subprocess.Popen(
+        [synapse_executable(), "serve", *args, "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                    f"http://127.0.0.1:{port}/health", timeout=1
+                ):
+                    break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        yield url, lines
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+        lines.extend(stderr.splitlines())
+
+
+def test_json_formatter_writes_one_object_with_fields() -> None:
+    """A record becomes one JSON object with timestamp, level, event and the structured fields given."""
+    record = logging.LogRecord("synapse.server", logging.INFO, __file__, 1, "call %s", ("add",), None)
+    record.function, record.duration_ms, record.outcome = "add", 0.25, "ok"
+    entry = json.loads(JSONFormatter().format(record))
+    assert entry["level"] == "info" and entry["event"] == "call add" and entry["logger"] == "synapse.server"
+    assert (entry["function"], entry["duration_ms"], entry["outcome"]) == ("add", 0.25, "ok")
+    assert entry["timestamp"].endswith("+00:00")
+
+
+def test_safe_filter_redacts_tokens_and_bodies() -> None:
+    """Debug lines with the Authorization header or a frame payload are rewritten."""
+    safe = SafeLogFilter()
+    header = logging.LogRecord("uvicorn.error", logging.DEBUG, "", 1, "< %s: %s", ("authorization", "Bearer s3"), None)
+    frame = logging.LogRecord("uvicorn.error", logging.DEBUG, "", 1, "> TEXT %s [%d bytes]", ("'{\"a\":1}'", 7), None)
+    assert safe.filter(header) and header.getMessage() == "< authorization: [redacted]"
+    assert safe.filter(frame) and frame.getMessage() == "> TEXT [payload not logged]"
+
+
+def test_rate_limited_log_counts_what_it_skips(caplog: pytest.LogCaptureFixture) -> None:
+    """Within the interval only the first line is written; the next one says how many were skipped."""
+    limited = RateLimitedLog(interval=0.2)
+    logger = logging.getLogger("synapse.test")
+    with caplog.at_level(logging.INFO, logger="synapse.test"):
+        for _ in range(5):
+            limited(logger, logging.INFO, "bad frame")
+        time.sleep(0.25)
+        limited(logger, logging.INFO, "bad frame")
+    assert [r.getMessage() for r in caplog.records] == ["bad frame", "bad frame (4 similar suppressed)"]
+
+
+def test_json_logs_of_a_real_server(cli_env: dict[str, str]) -> None:
+    """--log-format json: JSON lines with per-call fields, protocol errors rate-limited, no token or body."""
+    with serving(["--log-format", "json", "--log-level", "debug", "--token", "SEKRIT-42"], cli_env) as (url, lines):
+        headers = {"Authorization": "Bearer SEKRIT-42"}
+        with connect(url, additional_headers=headers) as ws:
+            ws.send('{"id":7,"func":"echo","args":["BODY-SECRET"]}')
+            assert ws.recv(timeout=5) == '{"id":7,"result":"BODY-SECRET","error":null}'
+            for _ in range(50):
+                ws.send("not json")
+                ws.recv(timeout=5)
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    calls = [e for e in entries if e.get("function") == "echo"]
+    assert len(calls) == 1
+    assert {"connection", "call_id", "function", "duration_ms", "outcome"} <= calls[0].keys()
+    assert (calls[0]["call_id"], calls[0]["outcome"]) == (7, "ok")
+    protocol_errors = [e for e in entries if e["event"].startswith("protocol error -32700")]
+    assert 1 <= len(protocol_errors) <= 3
+    text = "\n".join(lines)
+    assert "SEKRIT-42" not in text and "BODY-SECRET" not in text
+
+
+@pytest.mark.slow
+def test_reload_restarts_on_code_change(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """serve app.py --reload: editing the file changes what the function returns."""
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from synapse_cli import Registry\nregistry = Registry()\n\n@registry.function\ndef v() -> int:\n    return 1\n"
+    )
+    with serving([str(app), "--reload", "--log-level", "warning"], cli_env, cwd=tmp_path) as (url, _):
+        with connect(url) as ws:
+            ws.send('{"id":1,"func":"v"}')
+            assert ws.recv(timeout=5) == '{"id":1,"result":1,"error":null}'
+        app.write_text(app.read_text().replace("return 1", "return 2"))
+        deadline, result = time.monotonic() + 20, None
+        while result != 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                with connect(url, open_timeout=1) as ws:
+                    ws.send('{"id":2,"func":"v"}')
+                    result = json.loads(ws.recv(timeout=5))["result"]
+            except OSError:
+                continue
+        assert result == 2

@@ -1,0 +1,67 @@
+"""GET /metrics: Prometheus text from prometheus_client, scraped after real calls."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import RunningServer
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def scrape(url: str, token: str | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
+    request = urllib.request.Request(url + "/metrics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with OPENER.open(request, timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    return sum(v for found, v in samples.get(name, []) if all(found.get(k) == x for k, x in labels.items()))
+
+
+def test_metrics_count_calls_by_function_and_outcome(make_server) -> None:  # type: ignore[no-untyped-def]
+    """After 3 ok calls, 2 failing ones and an unknown function, the counters say exactly that."""
+    with make_server() as running, connect(running.url) as ws:
+        for request_id, (func, args) in enumerate(
+            [("add_numbers", [1, 2])] * 3 + [("divide", [1, 0])] * 2 + [("nope", [])] + [("sleep", [0.01])], 1
+        ):
+            ws.send(f'{{"id":{request_id},"func":"{func}","args":{str(args).lower()}}}')
+            ws.recv(timeout=5)
+        samples = scrape(running.http)
+        assert value(samples, "synapse_calls_total", function="add_numbers", outcome="ok") == 3
+        assert value(samples, "synapse_calls_total", function="divide", outcome="-32000") == 2
+        assert value(samples, "synapse_calls_total", function="<unknown>", outcome="-32601") == 1
+        assert value(samples, "synapse_calls_total", function="sleep", outcome="ok") == 1
+        assert value(samples, "synapse_call_duration_seconds_count", function="add_numbers") == 3
+        assert value(samples, "synapse_call_duration_seconds_sum", function="sleep") >= 0.01
+        assert value(samples, "synapse_connections") == 1
+        assert value(samples, "synapse_inflight_calls") == 0
+
+
+def test_metrics_require_the_token_when_set(make_server) -> None:  # type: ignore[no-untyped-def]
+    """With --token, /metrics answers 401 without it and 200 with it."""
+    with make_server(token="t0ken") as running:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            scrape(running.http)
+        assert info.value.code == 401
+        info.value.close()
+        assert "synapse_connections" in scrape(running.http, token="t0ken")
+
+
+def test_health_is_open_and_counts(server: RunningServer) -> None:
+    """/health stays reachable and reports the functions and open connections."""
+    with connect(server.url), OPENER.open(server.http + "/health", timeout=10) as response:
+        body = response.read()
+    assert b'"status":"ok"' in body and b'"functions":5' in body
