@@ -444,7 +444,8 @@ async def _connect(run: _Run, config: BenchConfig) -> None:
             errno = getattr(exc, "errno", None)
             reason = os.strerror(errno) if errno else str(exc) or type(exc).__name__
             raise ConnectError(f"cannot connect to {config.url}: {reason}", url=config.url) from exc
-        assert isinstance(listener, _Listener)
+        if not isinstance(listener, _Listener):  # picows gives no listener when the peer hung up
+            raise ConnectError(f"cannot connect to {config.url}: the server closed the connection", url=config.url)
         return listener
 
     results = await asyncio.gather(*(one(window) for window in windows), return_exceptions=True)

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -91,17 +92,23 @@ def _deadline_protocol(timeout: float) -> Any:
     class DeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._deadline = self.loop.call_later(timeout, self._expire)
+            # A weak reference: after an upgrade this protocol is gone from the transport, and the
+            # timer must not keep it (its parser, its request) alive until the deadline.
+            self._deadline = self.loop.call_later(timeout, _expire, weakref.ref(self))
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._deadline.cancel()
             super().connection_lost(exc)
 
-        def _expire(self) -> None:
-            # Still ours (not upgraded) and no request ever completed its headers: a slow or silent peer.
-            if self.transport.get_protocol() is self and self.cycle is None and not self.transport.is_closing():
-                logger.info("dropping a connection whose request did not arrive within %g s", timeout)
-                self.transport.close()
+    def _expire(reference: weakref.ref[Any]) -> None:
+        protocol = reference()
+        if protocol is None:
+            return
+        transport = protocol.transport
+        # Still the transport's protocol (not upgraded) and no request ever completed its headers.
+        if transport.get_protocol() is protocol and protocol.cycle is None and not transport.is_closing():
+            logger.info("dropping a connection whose request did not arrive within %g s", timeout)
+            transport.close()
 
     return DeadlineProtocol
 
