@@ -100,6 +100,10 @@ def _deadline_protocol(timeout: float) -> Any:
             self._deadline.cancel()
             super().connection_lost(exc)
 
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            self._deadline.cancel()  # the handshake arrived in time (both uvicorn HTTP protocols call this)
+            super().handle_websocket_upgrade(*args)
+
     def _expire(reference: weakref.ref[Any]) -> None:
         protocol = reference()
         if protocol is None:

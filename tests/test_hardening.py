@@ -614,7 +614,7 @@ class Churned:
 
 @pytest.fixture(scope="module")
 def churned() -> Churned:
-    """Run the churn once (after a warm-up round) and measure the server before and after."""
+    """Run the churn once (after warm-up rounds) and measure the server before and after."""
     raise_fd_limit(1500)
     with synapse_serve("--max-connections", "1000", "--log-level", "warning") as server:
 
@@ -622,7 +622,7 @@ def churned() -> Churned:
             with open_ws(server.url) as ws:
                 return int(exchange(ws, {"id": 1, "func": "task_count"})["result"])
 
-        asyncio.run(churn(server.port, 1, 500))  # warm-up round, not measured
+        asyncio.run(churn(server.port, 5, 500))  # warm-up rounds (allocator arenas grow to their working size)
         assert wait_for(lambda: open_connections(server.http) == 0)
         tasks_before, rss_before = tasks(), server.rss()
         start = time.perf_counter()
