@@ -1,10 +1,10 @@
 """A user registry showing every kind of function synapse serves.
 
-    synapse serve examples/functions.py
-    synapse call greet Ada                      # "hello, Ada"
-    synapse call fetch_user 42                  # async
-    synapse call area '{"width": 3, "height": 4.5}'    # a pydantic model argument
-    synapse call withdraw 500                   # an RPCError with its own code and data
+synapse serve examples/functions.py
+synapse call greet Ada                      # "hello, Ada"
+synapse call fetch_user 42                  # async
+synapse call area '{"width": 3, "height": 4.5}'    # a pydantic model argument
+synapse call withdraw 500                   # an RPCError with its own code and data
 """
 
 from __future__ import annotations
