@@ -1,18 +1,23 @@
 """Server metrics in Prometheus form (``GET /metrics``), kept with ``prometheus_client``.
 
 Each app owns its own ``CollectorRegistry``, so several servers in one process (tests, embedded
-benchmarks) never mix their numbers.
+benchmarks) never mix their numbers. Under ``--workers N`` the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` and every worker writes its values there (prometheus_client's multiprocess
+mode), so whichever worker answers a scrape reports the whole server.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROCESS_ENV", "Metrics"]
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Call latency buckets, in seconds: 50 µs to 30 s (the default call timeout).
 _BUCKETS = (
@@ -50,9 +55,34 @@ class Metrics:
             "synapse_call_duration_seconds", "Time from a call's arrival to its reply, by function.",
             ["function"], buckets=_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        Gauge("synapse_connections", "Open WebSocket connections.", registry=self.registry).set_function(connections)
-        Gauge("synapse_inflight_calls", "Calls running now.", registry=self.registry).set_function(inflight)
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
+        # "livesum": the sum over the workers alive (ignored outside multiprocess mode)
+        self.connections = Gauge(
+            "synapse_connections", "Open WebSocket connections.", registry=self.registry, multiprocess_mode="livesum"
+        )
+        self.inflight = Gauge(
+            "synapse_inflight_calls", "Calls running now.", registry=self.registry, multiprocess_mode="livesum"
+        )
+        self._count_connections = connections
+        if not self.multiprocess:  # read at scrape time; workers instead write on every change (refresh)
+            self.connections.set_function(connections)
+            self.inflight.set_function(inflight)
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def refresh(self) -> None:
+        """Multiprocess mode: write this worker's connection count (a connection opened or closed)."""
+        if self.multiprocess:
+            self.connections.set(self._count_connections())
+
+    def call_started(self) -> None:
+        """Multiprocess mode: one more call in flight in this worker."""
+        if self.multiprocess:
+            self.inflight.inc()
+
+    def call_finished(self) -> None:
+        """Multiprocess mode: one call fewer in flight in this worker."""
+        if self.multiprocess:
+            self.inflight.dec()
 
     def record(self, function: str, outcome: str, seconds: float) -> None:
         """Count one answered call and its latency."""
@@ -65,4 +95,8 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker)  # type: ignore[no-untyped-call]
+        return generate_latest(every_worker)

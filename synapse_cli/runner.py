@@ -225,6 +225,14 @@ def _worker(target: str | None, settings: Settings, sock: socket.socket, version
 def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:
     """Run ``settings.workers`` processes on one socket; restart any that dies; forward SIGTERM/SIGINT."""
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+    import tempfile
+
+    from prometheus_client import multiprocess
+
+    from synapse_cli.metrics import MULTIPROCESS_ENV
+
+    metrics_dir = tempfile.TemporaryDirectory(prefix="synapse-metrics-")
+    os.environ[MULTIPROCESS_ENV] = metrics_dir.name  # the spawned workers inherit it: whole numbers
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -247,6 +255,7 @@ def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket
             for index, process in enumerate(workers):
                 if process.exitcode is not None and not stopping:
                     logger.warning("worker %s exited with %s; restarting it", process.pid, process.exitcode)
+                    multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
                     workers[index] = start()
             if stopping:
                 for process in workers:
@@ -256,6 +265,8 @@ def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        del os.environ[MULTIPROCESS_ENV]
+        metrics_dir.cleanup()
 
 
 def serve_reload(target: str | None, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:

@@ -270,6 +270,7 @@ class Connection:
             timeout = self.settings.call_timeout
             pending.timer = asyncio.get_running_loop().call_later(timeout, self._expire, pending)
         task.add_done_callback(functools.partial(self._done, key))
+        self.metrics.call_started()
 
     @staticmethod
     def _expire(pending: _Pending) -> None:
@@ -280,6 +281,7 @@ class Connection:
         if pending is not None and pending.timer is not None:
             pending.timer.cancel()
         self._slot_freed.set()
+        self.metrics.call_finished()
         if not task.cancelled() and task.exception() is not None:  # a bug of ours: never silent
             logger.error("connection task failed", exc_info=task.exception())
 
@@ -413,10 +415,12 @@ class RPCEndpoint:
         peer = f"{client[0]}:{client[1]}" if client else ""
         connection = Connection(self.state, send, number=next(self._numbers), peer=peer)
         self.state.connections.add(connection)
+        self.state.metrics.refresh()
         try:
             await connection.serve(receive)
         finally:
             self.state.connections.discard(connection)
+            self.state.metrics.refresh()
             connection.cancel_all(None)
 
 

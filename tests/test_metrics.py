@@ -65,3 +65,45 @@ def test_health_is_open_and_counts(server: RunningServer) -> None:
     with connect(server.url), OPENER.open(server.http + "/health", timeout=10) as response:
         body = response.read()
     assert b'"status":"ok"' in body and b'"functions":5' in body
+
+
+@pytest.mark.slow
+def test_workers_report_whole_numbers(cli_env: dict[str, str]) -> None:
+    """With --workers 2, every scrape (whichever worker answers) counts the calls and connections of both."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from conftest import synapse_executable
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [synapse_executable(), "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL, env=cli_env, start_new_session=True)
+    http, url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                scrape(http)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        for request_id in range(1, 21):  # 20 connections: the kernel spreads them over both workers
+            with connect(url) as ws:
+                ws.send(f'{{"id":{request_id},"func":"add_numbers","args":[1,2]}}')
+                assert ws.recv(timeout=5) == f'{{"id":{request_id},"result":3,"error":null}}'
+        with connect(url), connect(url):
+            time.sleep(0.2)
+            for _ in range(6):
+                samples = scrape(http)
+                assert value(samples, "synapse_calls_total", function="add_numbers", outcome="ok") == 20
+                assert value(samples, "synapse_call_duration_seconds_count", function="add_numbers") == 20
+                assert value(samples, "synapse_connections") == 2
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
