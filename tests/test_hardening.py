@@ -16,7 +16,6 @@ import os
 import random
 import re
 import resource
-import shutil
 import signal
 import socket
 import struct
@@ -856,21 +855,6 @@ async def test_bench_against_a_peer_that_hangs_up_exits_3() -> None:
     assert "AssertionError" not in stderr
     assert status == 3, stderr[-2000:]
     assert "synapse: error:" in stderr
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 and its key, made with the openssl command."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    directory = tmp_path_factory.mktemp("hardening-tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 async def test_serve_with_certfile_speaks_wss(certificate: tuple[str, str]) -> None:
