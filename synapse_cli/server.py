@@ -245,8 +245,8 @@ class Connection:
             return self._describe(item)
         if self.state.draining:
             return self._error(item, ErrorInfo(protocol.SHUTTING_DOWN, "server is shutting down"))
-        key = _key(item)
-        if key in self.pending:
+        key = _key(item) if item.id is not None else None  # JSON-RPC allows a null id: nothing to track
+        if key is not None and key in self.pending:
             return self._error(item, ErrorInfo(protocol.INVALID_REQUEST, f"duplicate id: {item.id!r} is in flight"))
         start = time.perf_counter()
         try:
@@ -259,7 +259,7 @@ class Connection:
             return self._run_inline(item, entry, args, kwargs, start)
         pending = _Pending()
         task = asyncio.ensure_future(self._run(item, entry, args, kwargs, send, pending, start))
-        self._track(task, pending, None if item.notification else key)
+        self._track(task, pending, key)
         return task
 
     def _track(self, task: asyncio.Task[Any], pending: _Pending, key: Any) -> None:
