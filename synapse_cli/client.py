@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import orjson
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from synapse_cli import protocol
 from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
@@ -54,32 +55,40 @@ def _ssl_context(url: str, cafile: str | None, insecure: bool) -> ssl.SSLContext
     return context
 
 
-@contextlib.contextmanager
-def _mapped_errors(url: str) -> Iterator[None]:
-    """The one boundary where foreign exceptions become synapse errors."""
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-
-    try:
-        yield
-    except InvalidStatus as exc:
+def _translate(exc: BaseException, url: str) -> SynapseError | None:
+    """The synapse error for a foreign exception, or None when it is not one we know."""
+    if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
         detail = f" ({body})" if body else ""
-        raise ConnectError(f"{url}: handshake rejected: HTTP {status}{detail}", url=url, status=status) from exc
-    except (InvalidURI, ValueError) as exc:  # websockets raises ValueError for a port out of range
-        raise ConnectError(f"invalid URL {url!r}: {exc}", url=url) from exc
-    except InvalidHandshake as exc:
-        raise ConnectError(f"{url}: handshake failed: {exc}", url=url) from exc
-    except ConnectionClosed as exc:
-        raise ConnectionLost(f"connection lost: {exc}") from exc
-    except ssl.SSLError as exc:
-        raise ConnectError(f"{url}: TLS error: {exc.reason or exc}", url=url) from exc
-    except (OSError, EOFError) as exc:
+        return ConnectError(f"{url}: handshake rejected: HTTP {status}{detail}", url=url, status=status)
+    if isinstance(exc, (InvalidURI, ValueError)):  # websockets raises ValueError for a port out of range
+        return ConnectError(f"invalid URL {url!r}: {exc}", url=url)
+    if isinstance(exc, InvalidHandshake):
+        return ConnectError(f"{url}: handshake failed: {exc}", url=url)
+    if isinstance(exc, ConnectionClosed):
+        return ConnectionLost(f"connection lost: {exc}")
+    if isinstance(exc, ssl.SSLError):
+        return ConnectError(f"{url}: TLS error: {exc.reason or exc}", url=url)
+    if isinstance(exc, (OSError, EOFError)):
         errno = getattr(exc, "errno", None)
         reason = os.strerror(errno) if errno else str(exc) or type(exc).__name__
-        raise ConnectError(f"cannot connect to {url}: {reason}", url=url) from exc
-    except asyncio.TimeoutError as exc:
-        raise ConnectError(f"cannot connect to {url}: timed out opening the connection", url=url) from exc
+        return ConnectError(f"cannot connect to {url}: {reason}", url=url)
+    if isinstance(exc, asyncio.TimeoutError):
+        return ConnectError(f"cannot connect to {url}: timed out opening the connection", url=url)
+    return None
+
+
+@contextlib.contextmanager
+def _mapped_errors(url: str) -> Iterator[None]:
+    """The one boundary where foreign exceptions become synapse errors (see :func:`_translate`)."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = _translate(exc, url)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 class Client:
@@ -212,41 +221,43 @@ class Client:
     async def _exchange(self, request_id: int, text: str, what: str, limit: float | None) -> Any:
         """Send one request and wait for its reply, routed to us by id."""
         future = await self._send(request_id, text)
+        # A timer on the future itself: cheaper than wait_for, which wraps every call in more futures.
+        timer = None if limit is None else asyncio.get_running_loop().call_later(limit, _time_out, future, what, limit)
         try:
-            return await (future if limit is None else asyncio.wait_for(future, limit))
-        except asyncio.TimeoutError:
+            return await future
+        except CallTimeout:
             self._send_cancel(request_id)
-            raise CallTimeout(f"no reply to {what} within {limit:g} s") from None
+            raise
         except asyncio.CancelledError:
             self._send_cancel(request_id)
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             self._pending.pop(request_id, None)
 
     async def _send(self, request_id: int, text: str) -> asyncio.Future[Any]:
         """Register the reply's future, then send; a connection found dead before sending is reopened once."""
-        from websockets.exceptions import ConnectionClosed
-
         for attempt in (1, 2):
             ws = await self._ready()
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = future  # before sending: the reply may come at once
             try:
-                with _mapped_errors(self.url):
-                    try:
-                        await ws.send(text)
-                    except ConnectionClosed:
-                        if attempt == 2:
-                            raise
-                        # It dropped before we noticed, so nothing went out: reconnecting is not a re-send.
-                        self._pending.pop(request_id, None)
-                        if self._reader is not None:
-                            await asyncio.wait([self._reader], timeout=self.open_timeout)
-                        continue
-            except BaseException:
+                await ws.send(text)
+                return future
+            except ConnectionClosed as exc:
                 self._pending.pop(request_id, None)
-                raise
-            return future
+                if attempt == 2:
+                    raise ConnectionLost(f"connection lost: {exc}") from exc
+                # It dropped before we noticed, so nothing went out: reconnecting is not a re-send.
+                if self._reader is not None:
+                    await asyncio.wait([self._reader], timeout=self.open_timeout)
+            except BaseException as exc:
+                self._pending.pop(request_id, None)
+                mapped = _translate(exc, self.url) if isinstance(exc, Exception) else None
+                if mapped is None:
+                    raise
+                raise mapped from exc
         raise AssertionError("unreachable")
 
     async def _ready(self) -> Any:
@@ -318,6 +329,11 @@ class Client:
     async def _send_quietly(self, text: str) -> None:
         with contextlib.suppress(Exception):
             await self._ws.send(text)
+
+
+def _time_out(future: asyncio.Future[Any], what: str, limit: float) -> None:
+    if not future.done():
+        future.set_exception(CallTimeout(f"no reply to {what} within {limit:g} s"))
 
 
 def _from_openrpc(method: dict[str, Any]) -> dict[str, Any]:
