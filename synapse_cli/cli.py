@@ -12,6 +12,7 @@ import enum
 import re
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -58,7 +59,9 @@ TokenOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Compact JSON on stdout, even on a terminal.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds to wait for each reply.")]
 JsonRpcOption = Annotated[bool, typer.Option("--jsonrpc", help="Speak JSON-RPC 2.0 (servers synapse did not write).")]
-CafileOption = Annotated[Path | None, typer.Option("--cafile", help="Trust this CA bundle for wss:// URLs.")]
+CafileOption = Annotated[
+    Path | None, typer.Option("--cafile", exists=True, dir_okay=False, help="Trust this CA bundle for wss:// URLs.")
+]
 InsecureTLSOption = Annotated[bool, typer.Option("--insecure", help="wss://: do not verify the certificate.")]
 
 
@@ -88,8 +91,10 @@ def serve(
     token: TokenOption = None,
     allow_origin: Annotated[list[str] | None, typer.Option(help="Browser origin to accept (repeatable).")] = None,
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback --host without --token.")] = False,
-    certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve wss://.")] = None,
-    keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    certfile: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="TLS certificate (PEM): serve wss://.")
+    ] = None,
+    keyfile: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="TLS private key (PEM).")] = None,
     max_message_size: Annotated[int, typer.Option(min=1, help="Largest message in bytes (close 1009).")] = 2**20,
     max_connections: Annotated[int, typer.Option(min=1, help="Open WebSockets (HTTP 503 past it).")] = 1000,
     max_inflight: Annotated[int, typer.Option(min=1, help="Calls running per connection.")] = 128,
@@ -98,6 +103,7 @@ def serve(
     grace: Annotated[float, typer.Option(min=0, help="Seconds in-flight calls get at shutdown.")] = 5.0,
     ping_interval: Annotated[float, typer.Option(min=0, help="Seconds between keepalive pings (0: none).")] = 20.0,
     ping_timeout: Annotated[float, typer.Option(min=0, help="Close a peer whose pong is this late.")] = 20.0,
+    threads: Annotated[int, typer.Option(min=1, help="Threads running sync functions.")] = 40,
     workers: Annotated[int, typer.Option(min=1, help="Processes serving the same port.")] = 1,
     reload: Annotated[bool, typer.Option(help="Restart when a .py file changes (development).")] = False,
     debug: Annotated[bool, typer.Option(help="Send exception text and tracebacks to clients.")] = False,
@@ -112,7 +118,7 @@ def serve(
         certfile=str(certfile) if certfile else None, keyfile=str(keyfile) if keyfile else None,
         max_message_size=max_message_size, max_connections=max_connections, max_inflight=max_inflight,
         max_batch=max_batch, call_timeout=call_timeout, grace=grace, workers=workers, debug=debug,
-        ping_interval=ping_interval, ping_timeout=ping_timeout, log_format=log_format.lower(),
+        ping_interval=ping_interval, ping_timeout=ping_timeout, log_format=log_format.lower(), threads=threads,
         log_level=log_level.lower(),
     )  # fmt: skip
     _check_serve_settings(settings)
@@ -273,9 +279,26 @@ def _open(path: str) -> Any:
 
 
 async def _lines(stream: Any) -> AsyncIterator[str]:
+    """Lines of ``stream`` read by a daemon thread: Ctrl-C never waits for a blocked ``readline``."""
     loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, stream.readline):
-        yield line
+    queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue(maxsize=1024)
+
+    def read() -> None:
+        def put(item: str | BaseException | None) -> None:
+            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+
+        try:
+            for line in stream:
+                put(line)
+            put(None)
+        except Exception as exc:  # unreadable input (not UTF-8, an I/O error): reported, not hung on
+            put(exc)
+
+    threading.Thread(target=read, name="synapse-batch-reader", daemon=True).start()
+    while (item := await queue.get()) is not None:
+        if isinstance(item, BaseException):
+            raise UsageError(f"cannot read the batch input: {item}")
+        yield item
 
 
 def _print_result(result: Any, json_output: bool) -> None:

@@ -135,7 +135,7 @@ class Client:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_message_size = max_message_size
-        self._ssl = _ssl_context(url, cafile, insecure)
+        self._tls = (cafile, insecure)  # the context is built when connecting: its errors are ConnectErrors
         self._ids = itertools.count(1)  # never reused, across reconnects too
         self._pending: dict[Any, asyncio.Future[Any]] = {}
         self._ws: Any = None
@@ -143,7 +143,6 @@ class Client:
         self._lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._connected_once = False
-        self._closed = False
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -163,23 +162,22 @@ class Client:
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         with _mapped_errors(self.url):
+            tls = _ssl_context(self.url, *self._tls)
             self._ws = await connect(
                 self.url,
                 additional_headers=headers,
                 compression=None,
                 max_size=self.max_message_size,
-                ssl=self._ssl,
+                ssl=tls,
                 open_timeout=self.open_timeout,
                 user_agent_header=None,
                 proxy=None,
             )
-        self._closed = False
         self._connected_once = True
         self._reader = asyncio.ensure_future(self._read(self._ws))
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with ``ConnectionLost``."""
-        self._closed = True
         if self._background:  # cancels still being written (Ctrl-C, timeouts) go out first
             await asyncio.wait(list(self._background), timeout=1.0)
         if self._ws is not None:
@@ -465,12 +463,14 @@ async def ordered_calls(
 
     async def produce() -> None:
         number = 0
-        async for line in lines:
-            if line.strip():
-                number += 1
-                await slots.acquire()
-                await window.put(asyncio.ensure_future(run(number, line)))
-        await window.put(None)
+        try:
+            async for line in lines:
+                if line.strip():
+                    number += 1
+                    await slots.acquire()
+                    await window.put(asyncio.ensure_future(run(number, line)))
+        finally:
+            await window.put(None)  # even when reading fails: the consumer must not wait forever
 
     producer = asyncio.ensure_future(produce())
     try:

@@ -98,6 +98,7 @@ class ErrorInfo:
     code: int
     message: str
     data: Any = None
+    verbatim: bool = False  # raised by a function: code, message and data pass through unchanged
 
     def to_dict(self) -> dict[str, Any]:
         """The error as the JSON object both dialects carry."""
@@ -359,7 +360,7 @@ def reply_result(request_id: Any, dialect: Dialect, result: Any) -> bytes:
 
 def _jsonrpc_error(error: ErrorInfo) -> dict[str, Any]:
     standard = _JSONRPC_MESSAGES.get(error.code)
-    if standard is None:
+    if standard is None or error.verbatim:
         return error.to_dict()
     # Keep the spec's exact words; a detail the client needs (duplicate id, batch size) goes in data.
     detail = error.data
@@ -387,10 +388,14 @@ def join_batch(replies: list[bytes]) -> bytes:
 
 
 def encode_call(request_id: Any, func: str, args: list[Any] | dict[str, Any], dialect: Dialect) -> bytes:
-    """Encode a call in the given dialect."""
+    """Encode a call in the given dialect; ValueError for arguments JSON cannot carry (NaN, a set...)."""
+    body = dump_json(args)
+    if body is None:
+        raise ValueError(f"the arguments of {func} cannot be sent as JSON (NaN, Infinity, sets, 64+ bit integers...)")
+    name = orjson.dumps(func)
     if dialect == NATIVE:
-        return orjson.dumps({"id": request_id, "func": func, "args": args}, default=_to_json)
-    return orjson.dumps({"jsonrpc": "2.0", "method": func, "params": args, "id": request_id}, default=_to_json)
+        return b'{"id":' + _id_json(request_id) + b',"func":' + name + b',"args":' + body + b"}"
+    return b'{"jsonrpc":"2.0","method":' + name + b',"params":' + body + b',"id":' + _id_json(request_id) + b"}"
 
 
 def encode_cancel(request_id: Any) -> bytes:

@@ -256,7 +256,7 @@ def error_from_exception(exc: BaseException, *, debug: bool = False, function: s
     exception's type, unless ``debug`` is set; the full traceback goes to the server log either way.
     """
     if isinstance(exc, RPCError):
-        return ErrorInfo(exc.code, exc.message, exc.data)
+        return ErrorInfo(exc.code, exc.message, exc.data, verbatim=True)
     logger.error("function %s raised %s", function or "?", type(exc).__name__, exc_info=exc)
     data: dict[str, Any] = {"type": type(exc).__name__}
     if debug:

@@ -17,6 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,7 @@ class Settings:
     call_timeout: float = 30.0
     grace: float = 5.0
     handshake_timeout: float = 10.0
+    threads: int = 40
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     workers: int = 1
@@ -100,8 +102,12 @@ class ServerState:
     connections: set[Connection] = field(default_factory=set)
     draining: bool = False
     metrics: Metrics = field(init=False)
+    threads: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
+        # Sync functions run here. asyncio's default pool has only min(32, CPUs + 4) threads: a few
+        # slow calls on one connection would stall everyone's; starlette/anyio use 40 too.
+        self.threads = ThreadPoolExecutor(max_workers=self.settings.threads, thread_name_prefix="synapse-call")
         self.metrics = Metrics(
             connections=lambda: len(self.connections),
             inflight=lambda: sum(len(c.pending) for c in self.connections),
@@ -153,6 +159,7 @@ class _Pending:
     timer: asyncio.TimerHandle | None = None
     batch: bool = False  # a batch's gathering task: it has no timeout of its own
     started: bool = False
+    answered: bool = False  # its reply is decided: cancelling now would lose it
 
     def stop(self, reason: int | None) -> None:
         """Cancel the call; ``reason`` (an error code) decides its reply, None means no reply.
@@ -160,7 +167,7 @@ class _Pending:
         A task cancelled before its first step never enters its ``try``, so a call that has not
         started yet is only marked: it answers with the reason as soon as it starts.
         """
-        if self.task is None or self.task.done():
+        if self.task is None or self.task.done() or self.answered:
             return
         if self.reason is None:
             self.reason = reason
@@ -266,9 +273,6 @@ class Connection:
         pending.task = task
         key = object() if key is None else key
         self.pending[key] = pending
-        if self.settings.call_timeout > 0 and not pending.batch:
-            timeout = self.settings.call_timeout
-            pending.timer = asyncio.get_running_loop().call_later(timeout, self._expire, pending)
         task.add_done_callback(functools.partial(self._done, key))
         self.metrics.call_started()
 
@@ -314,11 +318,14 @@ class Connection:
             if pending.reason is not None:  # cancelled before it started
                 raise asyncio.CancelledError
             async with self._running:
+                if self.settings.call_timeout > 0:  # from the start of the run, not of the wait for a slot
+                    timeout = self.settings.call_timeout
+                    pending.timer = asyncio.get_running_loop().call_later(timeout, self._expire, pending)
                 if entry.is_async:
                     result = await entry.func(*args, **kwargs)
                 else:
                     call = functools.partial(entry.func, *args, **kwargs)
-                    result = await asyncio.get_running_loop().run_in_executor(None, call)
+                    result = await asyncio.get_running_loop().run_in_executor(self.state.threads, call)
             reply = None if item.notification else protocol.reply_result(item.id, item.dialect, result)
         except asyncio.CancelledError:
             reason = pending.reason
@@ -330,6 +337,7 @@ class Connection:
             error = error_from_exception(exc, debug=self.settings.debug, function=entry.name)
             outcome = str(error.code)
             reply = self._error(item, error)
+        pending.answered = True
         self._observe(item, entry.name, outcome, start)
         if send and reply is not None:
             await self.send(reply)

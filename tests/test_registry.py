@@ -11,7 +11,7 @@ import pytest
 
 from synapse_cli.builtins import MAX_SLEEP_SECONDS, default_registry
 from synapse_cli.errors import RPCError
-from synapse_cli.protocol import ErrorInfo
+from synapse_cli.protocol import ErrorInfo, reply_error
 from synapse_cli.registry import Function, Registry, error_from_exception
 
 
@@ -422,17 +422,25 @@ def test_openrpc_refs_resolve() -> None:
 # -- errors from functions ------------------------------------------------------------------------------
 
 
+def test_function_errors_pass_through_verbatim_in_jsonrpc() -> None:
+    """A function's RPCError with a standard code keeps its own message in JSON-RPC replies (not "Invalid params")."""
+    error = error_from_exception(RPCError("seconds must be between 0 and 60", code=-32602))
+    assert reply_error(1, "jsonrpc", error) == (
+        b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"seconds must be between 0 and 60"},"id":1}'
+    )
+
+
 def test_rpc_error_passes_through() -> None:
     """An RPCError without a code is -32000 with its message and data."""
     assert error_from_exception(RPCError("no such account", data={"id": 3})) == ErrorInfo(
-        -32000, "no such account", {"id": 3}
+        -32000, "no such account", {"id": 3}, verbatim=True
     )
 
 
 def test_rpc_error_custom_code_passes_through() -> None:
     """An RPCError's own code, message and data pass through unchanged."""
     assert error_from_exception(RPCError("insufficient funds", code=4002, data={"balance": 3})) == ErrorInfo(
-        4002, "insufficient funds", {"balance": 3}
+        4002, "insufficient funds", {"balance": 3}, verbatim=True
     )
 
 
@@ -505,7 +513,7 @@ def test_divide_by_zero() -> None:
     """divide by zero answers -32000 "division by zero"."""
     with pytest.raises(RPCError) as caught:
         call(default_registry(), "divide", [1, 0])
-    assert error_from_exception(caught.value) == ErrorInfo(-32000, "division by zero", {"a": 1})
+    assert error_from_exception(caught.value) == ErrorInfo(-32000, "division by zero", {"a": 1}, verbatim=True)
 
 
 def test_fail_is_internal_error() -> None:
