@@ -482,3 +482,28 @@ def test_help(cli_env: dict[str, str]) -> None:
     assert (result.returncode, result.stderr) == (0, "")
     for command in ("serve", "call", "list"):
         assert command in result.stdout
+
+
+def test_batch_input_that_is_not_utf8_ends_with_one_error(
+    server: RunningServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A batch file with invalid UTF-8 ends with exit 2 and one error line instead of hanging."""
+    batch = tmp_path / "bad.ndjson"
+    batch.write_bytes(b'["add_numbers",1,2]\n\xff\xfe\n')
+    result = synapse("call", "--batch", str(batch), "--url", server.url, env=cli_env, timeout=20)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("synapse: error: cannot read the batch input")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["call", "echo", "1", "--cafile", "/nonexistent.pem"],
+        ["serve", "--certfile", "/nope.pem", "--keyfile", "/nope.key"],
+    ],
+)
+def test_missing_tls_files_are_usage_errors(cli_env: dict[str, str], args: list[str]) -> None:
+    """A TLS file that does not exist is a usage error (exit 2, one line), not a traceback."""
+    result = synapse(*args, env=cli_env, timeout=20)
+    assert_error(result, 2, "does not exist")

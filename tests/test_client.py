@@ -576,3 +576,11 @@ async def test_foreign_exceptions_are_mapped_to_synapse_errors(
     assert not isinstance(error, (OSError, WebSocketException, ValueError)), f"{type(error).__name__} leaked: {error}"
     assert type(error) is expected, f"{scenario}: {type(error).__name__}: {error}"
     assert str(error)
+
+
+async def test_arguments_json_cannot_carry_are_refused(server: RunningServer) -> None:
+    """NaN in the arguments raises ValueError before anything is sent (never a silent null)."""
+    async with Client(server.url) as client:
+        with pytest.raises(ValueError, match="cannot be sent as JSON"):
+            await client.call("echo", float("nan"))
+        assert await client.call("echo", 1.5) == 1.5

@@ -956,3 +956,38 @@ def test_calls_past_grace_get_minus_32003(cli_env: dict[str, str]) -> None:
         assert close_code(ws) == 1001
         assert process.wait(10) == 0
     assert "Traceback" not in "".join(lines)
+
+
+# -- fixes from review ----------------------------------------------------------------------------
+
+
+def test_call_timeout_does_not_count_the_wait_for_a_slot(make_server: MakeServer) -> None:
+    """A batch of 6 calls of 0.6 s with max_inflight=2 and call_timeout=1 all succeed (the wait is not run time)."""
+    with make_server(max_inflight=2, call_timeout=1.0) as running, open_ws(running.url) as ws:
+        send(ws, [{"id": i, "func": "sleep", "args": [0.6]} for i in range(6)])
+        frame = ws.recv(timeout=10)
+        assert isinstance(frame, str)
+        assert sorted(json.loads(frame), key=lambda r: r["id"]) == [
+            {"id": i, "result": 0.6, "error": None} for i in range(6)
+        ]
+
+
+def test_slow_sync_calls_of_one_connection_leave_threads_for_others(make_server: MakeServer) -> None:
+    """Twelve blocking 1 s sync calls on one connection do not delay another connection's sync call."""
+    with make_server(slow.registry) as running, open_ws(running.url) as busy, open_ws(running.url) as other:
+        for i in range(12):
+            send(busy, {"id": i, "func": "blocking_sleep", "args": [1.0]})
+        time.sleep(0.2)
+        start = time.monotonic()
+        reply = exchange(other, {"id": "quick", "func": "blocking_sleep", "args": [0.0]})
+        assert reply["error"] is None
+        assert time.monotonic() - start < 0.5
+        assert len(receive_by_id(busy, 12)) == 12
+
+
+def test_jsonrpc_keeps_a_functions_own_message_for_standard_codes(server: Any) -> None:
+    """sleep(-1) raises RPCError(-32602, its own message): JSON-RPC replies keep that message."""
+    with open_ws(server.url) as ws:
+        reply = exchange(ws, {"jsonrpc": "2.0", "id": 1, "method": "sleep", "params": [-1]})
+    assert reply["error"]["code"] == -32602
+    assert reply["error"]["message"] == "seconds must be between 0 and 60"
