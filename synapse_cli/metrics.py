@@ -55,6 +55,19 @@ class Metrics:
             "synapse_call_duration_seconds", "Time from a call's arrival to its reply, by function.",
             ["function"], buckets=_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.messages = Counter(
+            "synapse_messages", "WebSocket messages, by direction (in, out).", ["direction"], registry=self.registry
+        )
+        self.bytes = Counter(
+            "synapse_message_bytes", "WebSocket message payload bytes, by direction.", ["direction"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.protocol_errors = Counter(
+            "synapse_protocol_errors", "Messages refused before any function ran, by error code.", ["code"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.messages_in, self.messages_out = self.messages.labels("in"), self.messages.labels("out")
+        self.bytes_in, self.bytes_out = self.bytes.labels("in"), self.bytes.labels("out")
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
         # "livesum": the sum over the workers alive (ignored outside multiprocess mode)
         self.connections = Gauge(
@@ -68,6 +81,16 @@ class Metrics:
             self.connections.set_function(connections)
             self.inflight.set_function(inflight)
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def received(self, text: str) -> None:
+        """Count one message in (its UTF-8 size)."""
+        self.messages_in.inc()
+        self.bytes_in.inc(len(text) if text.isascii() else len(text.encode()))
+
+    def sent(self, size: int) -> None:
+        """Count one message out."""
+        self.messages_out.inc()
+        self.bytes_out.inc(size)
 
     def refresh(self) -> None:
         """Multiprocess mode: write this worker's connection count (a connection opened or closed)."""

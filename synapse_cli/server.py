@@ -213,6 +213,7 @@ class Connection:
                 if message["type"] == "websocket.receive":  # a binary frame
                     await self.close(1003)
                 return
+            self.metrics.received(text)
             await self._handle(text)
 
     async def _handle(self, text: str) -> None:
@@ -241,6 +242,7 @@ class Connection:
         """Answer what can be answered now; start a task for the rest."""
         if type(item) is Invalid:
             code = item.error.code
+            self.metrics.protocol_errors.labels(str(code)).inc()
             fields = {"connection": self.number, "peer": self.peer, "code": code}
             self._protocol_log(logger, logging.INFO, "protocol error %d: %s", code, item.error.message, **fields)
             return protocol.reply_error(item.id, item.dialect, item.error)
@@ -372,6 +374,7 @@ class Connection:
         """Write one text frame; a peer that is gone is not an error worth raising."""
         if self._closed:
             return
+        self.metrics.sent(len(data))
         try:
             await self._send({"type": "websocket.send", "text": data.decode()})
         except (OSError, RuntimeError):

@@ -48,6 +48,25 @@ def test_metrics_count_calls_by_function_and_outcome(make_server) -> None:  # ty
         assert value(samples, "synapse_call_duration_seconds_sum", function="sleep") >= 0.01
         assert value(samples, "synapse_connections") == 1
         assert value(samples, "synapse_inflight_calls") == 0
+        assert value(samples, "synapse_messages_total", direction="in") == 7
+        assert value(samples, "synapse_messages_total", direction="out") == 7
+        assert value(samples, "synapse_message_bytes_total", direction="out") > 0
+
+
+def test_metrics_count_messages_bytes_and_protocol_errors(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Bytes in are the UTF-8 size of what was sent; refused messages count by error code."""
+    with make_server() as running, connect(running.url) as ws:
+        message = '{"id":1,"func":"echo","args":["héllo"]}'
+        ws.send(message)
+        ws.recv(timeout=5)
+        for text in ("not json", "[]", '{"id":true,"func":"echo"}'):
+            ws.send(text)
+            ws.recv(timeout=5)
+        samples = scrape(running.http)
+    sizes = len(message.encode()) + len(b"not json") + len(b"[]") + len(b'{"id":true,"func":"echo"}')
+    assert value(samples, "synapse_message_bytes_total", direction="in") == sizes
+    assert value(samples, "synapse_protocol_errors_total", code="-32700") == 1
+    assert value(samples, "synapse_protocol_errors_total", code="-32600") == 2
 
 
 def test_metrics_require_the_token_when_set(make_server) -> None:  # type: ignore[no-untyped-def]
