@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +104,7 @@ def synapse_executable() -> str:
 @pytest.fixture
 def cli_env() -> dict[str, str]:
     """Environment for running ``synapse`` as a subprocess: no colours, no inherited URL or token."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_")}
-    env.update({"NO_COLOR": "1", "COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
-    return env
+    return clean_env()
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +120,81 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return str(cert), str(key)
+
+
+# -- `synapse serve` as a subprocess ----------------------------------------------------------------
+
+
+@dataclass
+class ServeProcess:
+    """A running ``synapse serve`` process, its URL and everything it printed (stdout and stderr)."""
+
+    process: subprocess.Popen[str]
+    url: str
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def http(self) -> str:
+        scheme = "https" if self.url.startswith("wss") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def rss(self) -> int:
+        """The process's resident set size in bytes (VmRSS)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        assert match, f"the server exited ({self.process.poll()}):\n{self.output()[-3000:]}"
+        return int(match.group(1)) * 1024
+
+    def output(self, since: int = 0) -> str:
+        return "".join(self.lines[since:])
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for ``synapse serve``: no inherited URL or token, no colours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_")}
+    env.update({"NO_COLOR": "1", "COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+@contextlib.contextmanager
+def serve_process(*options: str, app: str | None = None) -> Iterator[ServeProcess]:
+    """Run ``synapse serve [app] --port 0 [options]``; yield it once its banner shows the URL."""
+    command = [synapse_executable(), "serve", *([app] if app else []), "--port", "0", *options]
+    found = threading.Event()
+    url: list[str] = []
+    lines: list[str] = []
+
+    def drain(stream: Any) -> None:
+        for line in stream:
+            lines.append(line)
+            match = re.search(r"wss?://127\.0\.0\.1:\d+/ws", line)
+            if match and not url:
+                url.append(match.group())
+                found.set()
+
+    # The child inherits this process's RLIMIT_NOFILE (see raise_fd_limit): no preexec_fn, which is not
+    # safe while the session's in-process servers run threads.
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(),
+    )
+    reader = threading.Thread(target=drain, args=(process.stdout,), daemon=True)
+    reader.start()
+    try:
+        assert found.wait(20), "no URL in the banner:\n" + "".join(lines)
+        yield ServeProcess(process, url[0], lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        reader.join(10)
+        assert process.stdout is not None
+        process.stdout.close()

@@ -25,12 +25,11 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import APPS, load_app, synapse_executable
+from conftest import APPS, ServeProcess, clean_env, load_app, serve_process, synapse_executable
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -48,79 +47,9 @@ ZERO_MASK = b"\0\0\0\0"
 # -- a `synapse serve` process ---------------------------------------------------------------------
 
 
-@dataclass
-class ServeProcess:
-    """A running ``synapse serve`` process, its URL and everything it printed (stdout and stderr)."""
-
-    process: subprocess.Popen[str]
-    url: str
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1].split("/")[0])
-
-    @property
-    def http(self) -> str:
-        scheme = "https" if self.url.startswith("wss") else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
-
-    def rss(self) -> int:
-        """The process's resident set size in bytes (VmRSS)."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        assert match, f"the server exited ({self.process.poll()}):\n{self.output()[-3000:]}"
-        return int(match.group(1)) * 1024
-
-    def output(self, since: int = 0) -> str:
-        return "".join(self.lines[since:])
-
-
-def env_without_synapse() -> dict[str, str]:
-    """The environment for ``synapse serve``: no inherited URL or token, no colours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_")}
-    env.update({"NO_COLOR": "1", "COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
-    return env
-
-
-@contextlib.contextmanager
-def synapse_serve(*options: str, app: str | None = APP) -> Iterator[ServeProcess]:
-    """Run ``synapse serve [app] --port 0 [options]``; yield it once its banner shows the URL."""
-    command = [synapse_executable(), "serve", *([app] if app else []), "--port", "0", *options]
-    found = threading.Event()
-    url: list[str] = []
-    lines: list[str] = []
-
-    def drain(stream: Any) -> None:
-        for line in stream:
-            lines.append(line)
-            match = re.search(r"wss?://127\.0\.0\.1:\d+/ws", line)
-            if match and not url:
-                url.append(match.group())
-                found.set()
-
-    # The child inherits this process's RLIMIT_NOFILE (see raise_fd_limit): no preexec_fn, which is not
-    # safe while the session's in-process servers run threads.
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env_without_synapse(),
-    )
-    reader = threading.Thread(target=drain, args=(process.stdout,), daemon=True)
-    reader.start()
-    try:
-        assert found.wait(20), "no URL in the banner:\n" + "".join(lines)
-        yield ServeProcess(process, url[0], lines)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        reader.join(10)
-        assert process.stdout is not None
-        process.stdout.close()
+def synapse_serve(*options: str, app: str | None = APP) -> contextlib.AbstractContextManager[ServeProcess]:
+    """``synapse serve`` of the hardening app (or ``app``) as a subprocess: see conftest.serve_process."""
+    return serve_process(*options, app=app)
 
 
 def stop(server: ServeProcess) -> int:
@@ -818,7 +747,7 @@ async def run_bench(url: str) -> tuple[int, str]:
     """`synapse bench run --url URL -n 1 --warmup 0`: exit status and stderr (killed past 30 s)."""
     bench = await asyncio.create_subprocess_exec(
         synapse_executable(), "bench", "run", "--url", url, "-n", "1", "--warmup", "0",
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env_without_synapse(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env(),
     )  # fmt: skip
     try:
         _, stderr = await asyncio.wait_for(bench.communicate(), 30)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -24,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import serve_process
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -868,34 +866,9 @@ def test_metrics_are_prometheus_text(server: Any) -> None:
 
 @contextmanager
 def synapse_serve(cli_env: dict[str, str], *options: str) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
-    """Run ``synapse serve --port 0``; yield (process, ws URL parsed from the banner, stderr lines)."""
-    executable = str(Path(sys.executable).parent / "synapse")
-    command = [executable, "serve", "--port", "0", "--log-level", "warning", *options]
-    lines: list[str] = []
-    found = threading.Event()
-    url: list[str] = []
-
-    def drain(stream: Any) -> None:
-        for line in stream:
-            lines.append(line)
-            match = re.search(r"ws://127\.0\.0\.1:\d+/ws", line)
-            if match and not url:
-                url.append(match.group())
-                found.set()
-
-    with subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env
-    ) as process:
-        reader = threading.Thread(target=drain, args=(process.stderr,), daemon=True)
-        reader.start()
-        try:
-            assert found.wait(15), "no URL in the banner:\n" + "".join(lines)
-            yield process, url[0], lines
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
-            reader.join(10)
+    """Run ``synapse serve --port 0``; yield (process, ws URL parsed from the banner, its output lines)."""
+    with serve_process("--log-level", "warning", *options) as server:
+        yield server.process, server.url, server.lines
 
 
 def wait_until_draining(ws: ClientConnection, stash: dict[Any, Any]) -> dict[str, Any]:
