@@ -198,3 +198,13 @@ def serve_process(*options: str, app: str | None = None) -> Iterator[ServeProces
         reader.join(10)
         assert process.stdout is not None
         process.stdout.close()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Poll ``condition`` until true or ``seconds`` pass; its final value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()

@@ -24,12 +24,12 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import APPS, ServeProcess, clean_env, load_app, serve_process, synapse_executable
+from conftest import APPS, ServeProcess, clean_env, load_app, serve_process, synapse_executable, wait_for
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -77,16 +77,6 @@ def get_json(url: str) -> Any:
 def open_connections(http: str) -> int:
     """The server's open WebSocket connections, as GET /health reports them."""
     return int(get_json(f"{http}/health")["connections"])
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = TIMEOUT) -> bool:
-    """Poll ``condition`` until true or ``seconds`` pass; its final value."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def open_ws(url: str, **options: Any) -> ClientConnection:

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import serve_process
+from conftest import serve_process, wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -97,16 +97,6 @@ def close_code(ws: ClientConnection) -> int:
             ws.recv(timeout=TIMEOUT)
     assert info.value.rcvd is not None
     return info.value.rcvd.code
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = TIMEOUT) -> bool:
-    """Poll ``condition`` until true or ``seconds`` pass; its final value."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def get_health(http: str) -> tuple[int, str, Any]:
