@@ -584,3 +584,38 @@ async def test_arguments_json_cannot_carry_are_refused(server: RunningServer) ->
         with pytest.raises(ValueError, match="cannot be sent as JSON"):
             await client.call("echo", float("nan"))
         assert await client.call("echo", 1.5) == 1.5
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_reconnect_does_not_retry_final_refusals(make_server, status: int) -> None:  # type: ignore[no-untyped-def]
+    """After a drop, a handshake refused with 401/403/404 fails at once: one attempt, no backoff."""
+    with make_server() as running:
+        port = running.port
+        client = Client(running.url, timeout=5, reconnect_attempts=5, backoff_base=1.0, backoff_cap=2.0)
+        await client.connect()
+        assert await client.call("add_numbers", 1, 2) == 3
+    attempts = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 {status} No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while client.connected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    refuser = await asyncio.start_server(refuse, "127.0.0.1", port, reuse_address=True)
+    try:
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(ConnectError) as info:
+            await client.call("add_numbers", 1, 2)
+        assert info.value.status == status
+        assert attempts == 1
+        assert asyncio.get_running_loop().time() - start < 1.0
+    finally:
+        refuser.close()
+        await refuser.wait_closed()
+        await client.close()
