@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test lint venv clean
+.PHONY: serve test lint bench venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ lint: $(VENV)/.installed-dev
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Speed, measured against references in the same run (never in timed unit tests): see benchmarks/README.md.
+bench: $(VENV)/.installed-dev
+	cd benchmarks/node && npm install --no-audit --no-fund --silent
+	$(BIN)/python benchmarks/servers.py
+	$(BIN)/python benchmarks/bench_vs_bare.py
+	$(BIN)/python benchmarks/pipelined.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
