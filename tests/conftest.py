@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
 from synapse_cli import runner
 from synapse_cli.builtins import default_registry
@@ -208,3 +210,12 @@ def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return condition()
+
+
+def close_code(ws: ClientConnection, timeout: float = 5.0) -> int:
+    """The close code the server sent: reading must end with ConnectionClosed."""
+    with pytest.raises(ConnectionClosed) as info:
+        for _ in range(10):
+            ws.recv(timeout=timeout)
+    assert info.value.rcvd is not None
+    return info.value.rcvd.code

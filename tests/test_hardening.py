@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import APPS, ServeProcess, clean_env, load_app, serve_process, synapse_executable, wait_for
+from conftest import APPS, ServeProcess, clean_env, close_code, load_app, serve_process, synapse_executable, wait_for
 from websockets.asyncio.client import connect as async_connect
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from synapse_cli import Client, ConnectError
@@ -90,15 +89,6 @@ def exchange(ws: ClientConnection, message: Any) -> Any:
     frame = ws.recv(timeout=TIMEOUT)
     assert isinstance(frame, str)
     return json.loads(frame)
-
-
-def close_code(ws: ClientConnection) -> int:
-    """The close code the server sent: reading must end with ConnectionClosed."""
-    with pytest.raises(ConnectionClosed) as info:
-        for _ in range(10):
-            ws.recv(timeout=TIMEOUT)
-    assert info.value.rcvd is not None
-    return info.value.rcvd.code
 
 
 def assert_usable(ws: ClientConnection) -> None:

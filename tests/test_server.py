@@ -21,8 +21,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import serve_process, wait_for
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from conftest import close_code, serve_process, wait_for
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from synapse_cli.builtins import default_registry
@@ -88,15 +88,6 @@ def receive_by_id(ws: ClientConnection, count: int) -> dict[Any, Any]:
         assert reply["id"] not in replies, f"id {reply['id']!r} answered twice"
         replies[reply["id"]] = reply
     return replies
-
-
-def close_code(ws: ClientConnection) -> int:
-    """The close code the server sent: reading must end with ConnectionClosed."""
-    with pytest.raises(ConnectionClosed) as info:
-        for _ in range(10):
-            ws.recv(timeout=TIMEOUT)
-    assert info.value.rcvd is not None
-    return info.value.rcvd.code
 
 
 def get_health(http: str) -> tuple[int, str, Any]:
