@@ -160,6 +160,13 @@ def _websocket_protocol() -> Any:
         def connection_made(self, transport: Any) -> None:
             super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
+        async def receive(self) -> Any:
+            # The app wants more input and none is waiting: what it wrote so far goes out now, not
+            # one loop iteration later (sequential calls get their reply without that delay).
+            if self.queue.empty():
+                self.transport._flush()  # type: ignore[attr-defined]
+            return await super().receive()
+
     return CoalescingProtocol
 
 
