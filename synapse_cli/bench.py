@@ -230,12 +230,12 @@ class _Run:
             return now < self.measure_end
         return self.started < (self.config.calls or 0)
 
-    def _start_call(self, listener: _Listener, scheduled: int, now: int) -> None:
+    def _start_call(self, listener: _Listener) -> None:
         warm = self.warming
         if not warm:
             self.started += 1
         self.in_flight_total += 1
-        listener.send(scheduled, warm)
+        listener.send(0, warm)
 
     def fill(self, listener: _Listener) -> None:
         """Closed model: keep the connection's window full."""
@@ -243,7 +243,7 @@ class _Run:
             now = time.perf_counter_ns()
             if not self._may_start(now):
                 break
-            self._start_call(listener, 0, now)
+            self._start_call(listener)
         self._check_finished()
 
     # -- replies ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import re
 import signal
@@ -24,6 +25,7 @@ from typer.core import TyperGroup
 from synapse_cli import __version__, render
 from synapse_cli.client import DEFAULT_URL, Client, ordered_calls
 from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
+from synapse_cli.protocol import Dialect
 
 __all__ = ["ExitStatus", "app", "main"]
 
@@ -131,7 +133,7 @@ def serve(
         raise UsageError(str(exc)) from None
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitStatus.ERROR)
-    settings = server.Settings(**{**_fields(settings), "port": sock.getsockname()[1]})
+    settings = dataclasses.replace(settings, port=sock.getsockname()[1])
     details = _serve_details(settings)
     render.console(stderr=True).print(
         render.banner(settings.url, registry.describe(), version=__version__, details=details)
@@ -142,10 +144,6 @@ def serve(
         runner.serve_workers(target, settings, sock=sock, version=__version__)
     else:
         runner.serve(registry, settings, sock=sock, version=__version__)
-
-
-def _fields(settings: Any) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
 
 
 def _check_serve_settings(settings: Any) -> None:
@@ -180,6 +178,18 @@ def _serve_details(settings: Any) -> dict[str, str]:
 # -- call ----------------------------------------------------------------------------------------
 
 _NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+
+
+def _client(url: str, token: str | None, timeout: float, jsonrpc: bool, cafile: Path | None, insecure: bool) -> Client:
+    """The Client the ``call`` and ``list`` options describe."""
+    dialect: Dialect = "jsonrpc" if jsonrpc else "native"
+    return Client(url, token=token, timeout=timeout, dialect=dialect, cafile=str(cafile) if cafile else None,
+                  insecure=insecure)  # fmt: skip
+
+
+def _wants_json(json_output: bool) -> bool:
+    """Compact JSON on stdout: asked for, or stdout is not a terminal (SPEC §4)."""
+    return json_output or not sys.stdout.isatty()
 
 
 def _literal(text: str) -> Any:
@@ -241,8 +251,7 @@ def call(
     insecure: InsecureTLSOption = False,
 ) -> None:
     """Call a function and print its result (or run a batch of calls with --batch)."""
-    client = Client(url, token=token, timeout=timeout, dialect="jsonrpc" if jsonrpc else "native",
-                    cafile=str(cafile) if cafile else None, insecure=insecure)  # fmt: skip
+    client = _client(url, token, timeout, jsonrpc, cafile, insecure)
     if batch is not None:
         if func is not None or args or data is not None:
             raise UsageError("--batch takes its calls from the file: no FUNC, ARG or -d")
@@ -302,7 +311,7 @@ async def _lines(stream: Any) -> AsyncIterator[str]:
 
 
 def _print_result(result: Any, json_output: bool) -> None:
-    if json_output or not sys.stdout.isatty():
+    if _wants_json(json_output):
         render.write_json(result)
     else:
         render.console().print(render.pretty_value(result))
@@ -322,10 +331,9 @@ def list_functions(
     insecure: InsecureTLSOption = False,
 ) -> None:
     """List the server's functions with their signatures."""
-    client = Client(url, token=token, timeout=timeout, dialect="jsonrpc" if jsonrpc else "native",
-                    cafile=str(cafile) if cafile else None, insecure=insecure)  # fmt: skip
+    client = _client(url, token, timeout, jsonrpc, cafile, insecure)
     functions = _run(_list(client))
-    if json_output or not sys.stdout.isatty():
+    if _wants_json(json_output):
         render.write_json({"functions": functions})
     else:
         render.console().print(render.functions_table(functions))
@@ -423,8 +431,6 @@ def _parse_slo(text: str | None) -> Any:
 
 
 def _bench(config: Any) -> dict[str, Any]:
-    from dataclasses import replace
-
     from synapse_cli import bench
 
     stderr = render.console(stderr=True)
@@ -432,7 +438,7 @@ def _bench(config: Any) -> dict[str, Any]:
     try:
         with contextlib.ExitStack() as stack:
             if not config.url:
-                config = replace(config, url=stack.enter_context(bench.embedded_server()))
+                config = dataclasses.replace(config, url=stack.enter_context(bench.embedded_server()))
                 stderr.print(f"no --url: benchmarking an embedded synapse server at {config.url} (stopped afterwards)")
             if config.procs > 1:
                 report = bench.run_bench_procs(config)
@@ -453,7 +459,7 @@ def _write_report(report: dict[str, Any], output: Path | None, json_output: bool
             output.write_text(render.json_line(report), encoding="utf-8")
         except OSError as exc:
             _fail(f"cannot write {output}: {exc.strerror or exc}", ExitStatus.ERROR)
-    if json_output or not sys.stdout.isatty():
+    if _wants_json(json_output):
         render.write_json(report)
     else:
         render.console().print(render.bench_report(report))
@@ -484,7 +490,7 @@ def bench_compare(
     rows, warnings = stats.compare_reports(*_load_reports([base, new]))
     for warning in warnings:
         sys.stderr.write(f"synapse: warning: {warning}\n")
-    if json_output or not sys.stdout.isatty():
+    if _wants_json(json_output):
         render.write_json({"base": str(base), "new": str(new), "metrics": rows, "warnings": warnings})
     else:
         render.console().print(render.comparison_table(rows, str(base), str(new)))

@@ -283,8 +283,7 @@ def decode_frame(text: str | bytes, *, max_batch: int = 1000) -> Frame:
         return Frame([_decode_item(value, JSONRPC)])
     if not value:
         return Frame([_invalid("empty batch")])
-    dialects = [d for d in map(_dialect_of, value) if d is not None]
-    dialect: Dialect = dialects[0] if dialects else JSONRPC
+    dialect: Dialect = next((d for d in map(_dialect_of, value) if d is not None), JSONRPC)
     if len(value) > max_batch:
         return Frame([_invalid(f"batch of {len(value)} exceeds the limit of {max_batch}", None, dialect)])
     return Frame([_decode_item(item, dialect) for item in value], batch=True)

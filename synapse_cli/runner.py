@@ -66,13 +66,21 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _app_file(target: str) -> tuple[Path, str] | None:
+    """``path/to/app.py[:attr]`` as (path, attr), or None when ``target`` names a module."""
+    if not (target.endswith(".py") or os.sep in target):
+        return None
+    path, _, attr = target.partition(":") if not Path(target).exists() else (target, "", "")
+    return Path(path), attr
+
+
 def load_registry(target: str | None) -> Registry:
     """The registry named by ``target``: ``module:attr``, ``module``, ``path/to/file.py``, or None (built-ins)."""
     if not target:
         return default_registry()
-    if target.endswith(".py") or os.sep in target:
-        path, _, attr = target.partition(":") if not Path(target).exists() else (target, "", "")
-        return _find_registry(_import_file(Path(path)), attr or None, target)
+    app_file = _app_file(target)
+    if app_file is not None:
+        return _find_registry(_import_file(app_file[0]), app_file[1] or None, target)
     module_name, _, attr = target.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # uvicorn's rule: modules are found from the working directory
@@ -289,8 +297,9 @@ def serve_reload(target: str | None, settings: Settings, *, sock: socket.socket,
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     context = multiprocessing.get_context("spawn")
     directories = {Path.cwd()}
-    if target and (target.endswith(".py") or os.sep in target):
-        directories.add(Path(target.partition(":")[0] if not Path(target).exists() else target).resolve().parent)
+    app_file = _app_file(target) if target else None
+    if app_file is not None:
+        directories.add(app_file[0].resolve().parent)
     stop = threading.Event()
 
     def start() -> Any:

@@ -253,8 +253,8 @@ class Connection:
         if item.kind != CALL:
             return self._describe(item)
         if self.state.draining:
-            return self._error(item, ErrorInfo(protocol.SHUTTING_DOWN, "server is shutting down"))
-        key = _key(item) if item.id is not None else None  # JSON-RPC allows a null id: nothing to track
+            return self._error(item, _CANCEL_ERRORS[protocol.SHUTTING_DOWN])
+        key = _key_of(item.id) if item.id is not None else None  # JSON-RPC allows a null id: nothing to track
         if key is not None and key in self.pending:
             return self._error(item, ErrorInfo(protocol.INVALID_REQUEST, f"duplicate id: {item.id!r} is in flight"))
         start = time.perf_counter()
@@ -359,7 +359,7 @@ class Connection:
 
     def cancel(self, request_id: Any, reason: int) -> None:
         """Cancel the in-flight call with this id (unknown ids are ignored)."""
-        pending = self.pending.get((type(request_id) is str, request_id))
+        pending = self.pending.get(_key_of(request_id))
         if pending is not None:
             pending.stop(reason)
 
@@ -402,8 +402,9 @@ _CANCEL_ERRORS = {
 }
 
 
-def _key(item: Request) -> Any:
-    return (type(item.id) is str, item.id)
+def _key_of(request_id: Any) -> Any:
+    """The in-flight table's key: 1 and "1" are different ids."""
+    return (type(request_id) is str, request_id)
 
 
 class RPCEndpoint:
