@@ -1,19 +1,29 @@
 """Server metrics in Prometheus form (``GET /metrics``), kept with ``prometheus_client``.
 
-Each app owns its own ``CollectorRegistry``, so several servers in one process (tests, embedded
-benchmarks) never mix their numbers. Under ``--workers N`` the supervisor sets
-``PROMETHEUS_MULTIPROC_DIR`` and every worker writes its values there (prometheus_client's multiprocess
-mode), so whichever worker answers a scrape reports the whole server.
+The hot path only adds to plain numbers (a :class:`Metrics` tally: an int, a list slot); a custom
+collector turns them into Prometheus families when ``/metrics`` is scraped. prometheus_client's own
+``inc``/``observe`` take a lock each and were an eighth of the server's time under pipelined load
+(py-spy, benchmarks/profiles). Each app owns its own ``CollectorRegistry``, so several servers in one
+process (tests, embedded benchmarks) never mix their numbers.
+
+Under ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``: every worker moves its tallies
+into prometheus_client's multiprocess values once per event-loop iteration in which they changed, so
+whichever worker answers a scrape reports the whole server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE_LATEST", "MULTIPROCESS_ENV", "Metrics"]
 
@@ -40,34 +50,31 @@ _BUCKETS = (
     10,
     30,
 )
+_LE = [floatToGoString(bound) for bound in _BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+_CALLS = ("synapse_calls", "Calls answered, by function and outcome (ok or the error code).")
+_LATENCY = ("synapse_call_duration_seconds", "Time from a call's arrival to its reply, by function.")
+_MESSAGES = ("synapse_messages", "WebSocket messages, by direction (in, out).")
+_BYTES = ("synapse_message_bytes", "WebSocket message payload bytes, by direction.")
 
 
 class Metrics:
-    """The numbers one server process exposes."""
+    """The numbers one server process exposes.
+
+    ``record``, ``received`` and ``sent`` are on every call's path: they only add to plain numbers.
+    """
 
     def __init__(self, *, connections: Callable[[], int], inflight: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.calls = Counter(
-            "synapse_calls", "Calls answered, by function and outcome (ok or the error code).",
-            ["function", "outcome"], registry=self.registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "synapse_call_duration_seconds", "Time from a call's arrival to its reply, by function.",
-            ["function"], buckets=_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.messages = Counter(
-            "synapse_messages", "WebSocket messages, by direction (in, out).", ["direction"], registry=self.registry
-        )
-        self.bytes = Counter(
-            "synapse_message_bytes", "WebSocket message payload bytes, by direction.", ["direction"],
-            registry=self.registry,
-        )  # fmt: skip
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
+        # (function, outcome) -> calls; function -> per-bucket counts (the last slot: above every
+        # bucket), then the sum of the seconds
+        self._calls: dict[tuple[str, str], int] = {}
+        self._latency: dict[str, list[float]] = {}
         self.protocol_errors = Counter(
             "synapse_protocol_errors", "Messages refused before any function ran, by error code.", ["code"],
             registry=self.registry,
         )  # fmt: skip
-        self.messages_in, self.messages_out = self.messages.labels("in"), self.messages.labels("out")
-        self.bytes_in, self.bytes_out = self.bytes.labels("in"), self.bytes.labels("out")
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
         # "livesum": the sum over the workers alive (ignored outside multiprocess mode)
         self.connections = Gauge(
@@ -77,20 +84,25 @@ class Metrics:
             "synapse_inflight_calls", "Calls running now.", registry=self.registry, multiprocess_mode="livesum"
         )
         self._count_connections = connections
-        if not self.multiprocess:  # read at scrape time; workers instead write on every change (refresh)
+        self._shared: _Shared | None = None
+        if self.multiprocess:  # workers write on every change (refresh) and move tallies (_publish)
+            self._shared = _Shared(self.registry)
+        else:  # read at scrape time
             self.connections.set_function(connections)
             self.inflight.set_function(inflight)
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+            self.registry.register(_TallyCollector(self))
 
     def received(self, text: str) -> None:
         """Count one message in (its UTF-8 size)."""
-        self.messages_in.inc()
-        self.bytes_in.inc(len(text) if text.isascii() else len(text.encode()))
+        self.messages_in += 1
+        self.bytes_in += len(text) if text.isascii() else len(text.encode())
+        if self._shared is not None:
+            self._shared.soon(self)
 
     def sent(self, size: int) -> None:
         """Count one message out."""
-        self.messages_out.inc()
-        self.bytes_out.inc(size)
+        self.messages_out += 1
+        self.bytes_out += size
 
     def refresh(self) -> None:
         """Multiprocess mode: write this worker's connection count (a connection opened or closed)."""
@@ -109,17 +121,93 @@ class Metrics:
 
     def record(self, function: str, outcome: str, seconds: float) -> None:
         """Count one answered call and its latency."""
-        children = self._children.get((function, outcome))
-        if children is None:  # labels() takes a lock and builds a key: do it once per pair
-            children = (self.calls.labels(function, outcome), self.latency.labels(function))
-            self._children[(function, outcome)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        key = (function, outcome)
+        self._calls[key] = self._calls.get(key, 0) + 1
+        counts = self._latency.get(function)
+        if counts is None:
+            counts = self._latency[function] = [0.0] * (len(_BUCKETS) + 2)
+        counts[bisect_left(_BUCKETS, seconds)] += 1  # a bucket holds values <= its bound
+        counts[-1] += seconds
+        if self._shared is not None:
+            self._shared.soon(self)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
-        if not self.multiprocess:
+        if self._shared is None:
             return generate_latest(self.registry)
+        self._shared.publish(self)
         every_worker = CollectorRegistry()
         multiprocess.MultiProcessCollector(every_worker)  # type: ignore[no-untyped-call]
         return generate_latest(every_worker)
+
+
+class _TallyCollector(Collector):
+    """Turns a process's tallies into Prometheus families at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        calls = CounterMetricFamily(*_CALLS, labels=["function", "outcome"])
+        for (function, outcome), total in list(m._calls.items()):
+            calls.add_metric([function, outcome], total)
+        latency = HistogramMetricFamily(*_LATENCY, labels=["function"])
+        for function, counts in list(m._latency.items()):
+            cumulative, buckets = 0.0, []
+            for le, count in zip(_LE, counts, strict=False):
+                cumulative += count
+                buckets.append((le, cumulative))
+            latency.add_metric([function], buckets, counts[-1])
+        messages = CounterMetricFamily(*_MESSAGES, labels=["direction"])
+        messages.add_metric(["in"], m.messages_in)
+        messages.add_metric(["out"], m.messages_out)
+        sizes = CounterMetricFamily(*_BYTES, labels=["direction"])
+        sizes.add_metric(["in"], m.bytes_in)
+        sizes.add_metric(["out"], m.bytes_out)
+        yield from (calls, latency, messages, sizes)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families are known only at scrape time
+
+
+class _Shared:
+    """Multiprocess mode: a worker's tallies, moved into prometheus_client's shared values.
+
+    The move happens once per event-loop iteration in which something changed (and before this
+    worker renders a scrape), so a scrape answered by any worker is at most one iteration behind.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(*_CALLS, ["function", "outcome"], registry=registry)
+        self.latency = Histogram(*_LATENCY, ["function"], buckets=_BUCKETS, registry=registry)
+        self.messages = Counter(*_MESSAGES, ["direction"], registry=registry)
+        self.bytes = Counter(*_BYTES, ["direction"], registry=registry)
+        self._published: dict[Any, float] = {}  # what is already in the shared values
+        self._scheduled = False
+
+    def soon(self, metrics: Metrics) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.publish, metrics)
+
+    def _add(self, key: Any, total: float, inc: Callable[[float], None]) -> None:
+        delta = total - self._published.get(key, 0)
+        if delta:
+            inc(delta)
+            self._published[key] = total
+
+    def publish(self, metrics: Metrics) -> None:
+        self._scheduled = False
+        for (function, outcome), total in list(metrics._calls.items()):
+            self._add((function, outcome), total, self.calls.labels(function, outcome).inc)
+        for function, counts in list(metrics._latency.items()):
+            # prometheus_client has no public "add n to a bucket": its per-bucket values are used directly.
+            child: Any = self.latency.labels(function)
+            for index, count in enumerate(counts[:-1]):
+                self._add((function, index), count, child._buckets[index].inc)
+            self._add((function, "sum"), counts[-1], child._sum.inc)
+        self._add("messages_in", metrics.messages_in, self.messages.labels("in").inc)
+        self._add("messages_out", metrics.messages_out, self.messages.labels("out").inc)
+        self._add("bytes_in", metrics.bytes_in, self.bytes.labels("in").inc)
+        self._add("bytes_out", metrics.bytes_out, self.bytes.labels("out").inc)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from synapse_cli import protocol
 from synapse_cli.errors import RPCError
@@ -30,6 +30,7 @@ from synapse_cli.registry import Function, Registry, error_from_exception
 
 __all__ = [
     "DEFAULT_HOST",
+    "DIRECT_EXTENSION",
     "DEFAULT_PORT",
     "Settings",
     "ServerState",
@@ -47,6 +48,17 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+# An ASGI extension our uvicorn protocol (runner.py) puts in the WebSocket scope:
+#   receive_nowait() -> the next message if one is queued, else None;
+#   send_text(utf8: bytes) -> True when the frame was written (False: use the ASGI send, which waits).
+# Without it (another ASGI server) the endpoint uses plain ASGI messages.
+DIRECT_EXTENSION = "synapse.direct"
+
+
+class Direct(TypedDict):
+    receive_nowait: Callable[[], Message | None]
+    send_text: Callable[[bytes], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +190,9 @@ class _Pending:
 class Connection:
     """One WebSocket connection: reads frames, runs calls concurrently, writes replies as they finish."""
 
-    def __init__(self, state: ServerState, send: Send, *, number: int = 0, peer: str = "") -> None:
+    def __init__(
+        self, state: ServerState, send: Send, *, number: int = 0, peer: str = "", direct: Direct | None = None
+    ) -> None:
         self.number = number
         self.peer = peer
         self.state = state
@@ -186,6 +200,9 @@ class Connection:
         self.registry = state.registry
         self.metrics = state.metrics
         self._send = send
+        # The server's direct calls (runner.py's protocol): no coroutine, dict or await per message.
+        self._receive_now = direct["receive_nowait"] if direct else None
+        self._send_now = direct["send_text"] if direct else None
         self.pending: dict[Any, _Pending] = {}
         self._slot_freed = asyncio.Event()
         self._running = asyncio.Semaphore(state.settings.max_inflight)  # batches included
@@ -203,34 +220,37 @@ class Connection:
     async def serve(self, receive: Receive) -> None:
         """The connection loop: read, decode, dispatch; stop reading while ``max_inflight`` calls run."""
         limit = self.settings.max_inflight
+        receive_now = self._receive_now
         while True:
             while len(self.pending) >= limit:  # backpressure: the socket is not read meanwhile
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
-            message = await receive()
+            message = receive_now() if receive_now is not None else None
+            if message is None:
+                message = await receive()
             text = message.get("text")
             if text is None:
                 if message["type"] == "websocket.receive":  # a binary frame
                     await self.close(1003)
                 return
             self.metrics.received(text)
-            await self._handle(text)
+            reply = self._handle(text)
+            if reply is not None and not self._write_now(reply):
+                await self.send(reply)
 
-    async def _handle(self, text: str) -> None:
+    def _handle(self, text: str) -> bytes | None:
+        """Start what ``text`` asks for; the reply to write now, if there is one already."""
         frame = protocol.decode_frame(text, max_batch=self.settings.max_batch)
         if not frame.batch:
             reply = self._start(frame.items[0], send=True)
-            if type(reply) is bytes:
-                await self.send(reply)
-            return
+            return reply if type(reply) is bytes else None
         replies = [self._start(item, send=False) for item in frame.items]
         if any(isinstance(reply, asyncio.Task) for reply in replies):
             batch = _Pending(batch=True)
             self._track(asyncio.ensure_future(self._finish_batch(replies)), batch, None)
-        else:
-            done = [reply for reply in replies if type(reply) is bytes]
-            if done:
-                await self.send(protocol.join_batch(done))
+            return None
+        done = [reply for reply in replies if type(reply) is bytes]
+        return protocol.join_batch(done) if done else None
 
     async def _finish_batch(self, replies: list[Any]) -> None:
         parts = [await reply if isinstance(reply, asyncio.Task) else reply for reply in replies]
@@ -370,9 +390,21 @@ class Connection:
                 continue  # its calls answer for themselves; the batch then replies
             pending.stop(reason)
 
+    def _write_now(self, data: bytes) -> bool:
+        """Write one text frame without waiting, when the server offers that and the socket takes it.
+
+        False: use :meth:`send` (another ASGI server, or the peer is slow to read: flow control waits).
+        """
+        if self._closed:
+            return True  # nobody to write to
+        if self._send_now is not None and self._send_now(data):
+            self.metrics.sent(len(data))
+            return True
+        return False
+
     async def send(self, data: bytes) -> None:
         """Write one text frame; a peer that is gone is not an error worth raising."""
-        if self._closed:
+        if self._write_now(data):
             return
         self.metrics.sent(len(data))
         try:
@@ -425,7 +457,8 @@ class RPCEndpoint:
         await send({"type": "websocket.accept"})
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else ""
-        connection = Connection(self.state, send, number=next(self._numbers), peer=peer)
+        direct = scope.get("extensions", {}).get(DIRECT_EXTENSION)
+        connection = Connection(self.state, send, number=next(self._numbers), peer=peer, direct=direct)
         self.state.connections.add(connection)
         self.state.metrics.refresh()
         try:
@@ -474,10 +507,30 @@ def create_app(registry: Registry, settings: Settings | None = None, *, version:
         }
         return JSONResponse(body, status_code=503 if state.draining else 200)
 
-    routes = [WebSocketRoute("/ws", RPCEndpoint(state)), Route("/health", health), Route("/metrics", metrics)]
+    endpoint = RPCEndpoint(state)
+    routes = [WebSocketRoute("/ws", endpoint), Route("/health", health), Route("/metrics", metrics)]
     app = Starlette(routes=routes)
     app.state.synapse = state
-    return app
+    return _WebSocketFirst(endpoint, app)
+
+
+class _WebSocketFirst:
+    """``/ws`` straight to the endpoint; the rest (``/health``, ``/metrics``, 404s) to Starlette.
+
+    Starlette's routing and middleware would add a stack of coroutines to every connection (memory
+    while idle) and a wrapper to every message sent.
+    """
+
+    def __init__(self, endpoint: RPCEndpoint, app: Any) -> None:
+        self.endpoint = endpoint
+        self.app = app
+        self.state = app.state  # app.state.synapse: the ServerState
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
