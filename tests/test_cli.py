@@ -507,3 +507,46 @@ def test_missing_tls_files_are_usage_errors(cli_env: dict[str, str], args: list[
     """A TLS file that does not exist is a usage error (exit 2, one line), not a traceback."""
     result = synapse(*args, env=cli_env, timeout=20)
     assert_error(result, 2, "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--calls", "abc"], "Invalid value for '-n' / '--calls': Input should be a valid integer"),
+        (["bench", "-n", "0"], "Input should be greater than or equal to 1 (see 'synapse bench run --help')"),
+        (["call", "echo", "--timeout", "x"], "Invalid value for '--timeout': Input should be a valid number"),
+        (["call", "echo", "--timeout", "0"], "Input should be greater than or equal to 0.001"),
+        (["serve", "--port", "70000"], "Invalid value for '--port': Input should be less than or equal to 65535"),
+        (["call", "echo", "--cafile", "/nonexistent/ca.pem"], "file '/nonexistent/ca.pem' does not exist."),
+        (["call", "echo", "--cafile", "/"], "file '/' is a directory."),
+    ],
+    ids=["int-not-a-number", "int-below-min", "float-not-a-number", "float-below-min", "above-max", "no-file", "dir"],
+)
+def test_option_values_are_checked(cli_env: dict[str, str], args: list[str], message: str) -> None:
+    """Numbers, ranges and files given to options are checked before anything runs: one line, exit 2."""
+    assert_error(synapse(*args, env=cli_env), 2, message)
+
+
+def test_option_values_are_converted(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """Valid values arrive converted: a float timeout, an int count, repeated headers as a list."""
+    result = synapse("call", "echo", "7", "--timeout", "2.5", "--url", server.url, env=cli_env)
+    assert (result.returncode, result.stdout) == (0, "7\n")
+    result = synapse("bench", "-n", "3", "-c", "1", "--warmup", "0", "--json", "--url", server.url, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["calls"]["ok"] == 3
+
+
+def test_call_does_not_import_pydantic(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """`synapse call` starts without pydantic (newer typer converts options with it: ~0.1 s per call)."""
+    script = (
+        "import sys\n"
+        "from synapse_cli.cli import main\n"
+        f"sys.argv = ['synapse', 'call', 'add_numbers', '1', '2', '--url', {server.url!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert exit.code in (0, None), exit.code\n"
+        "print('pydantic' in sys.modules)\n"
+    )
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["3", "False"]
