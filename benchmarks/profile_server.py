@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--sequential", action="store_true", help="1 connection x 1 call in flight")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--reference", action="store_true", help="profile the bare Starlette reference instead")
     parser.add_argument("--native", action="store_true", help="include C frames (orjson, pydantic-core, uvloop)")
     parser.add_argument("--save", type=Path, help="write PREFIX.txt (summary) and PREFIX.collapsed")
     options = parser.parse_args()
@@ -57,7 +58,10 @@ def main() -> None:
     port = free_port()
     url = f"ws://127.0.0.1:{port}/ws"
     synapse = str(Path(sys.executable).parent / "synapse")
-    server = subprocess.Popen([*pinned(0), synapse, "serve", "--port", str(port), "--log-level", "warning"])
+    command = [synapse, "serve", "--port", str(port), "--log-level", "warning"]
+    if options.reference:
+        command = [sys.executable, str(HERE / "reference" / "bare_starlette.py"), str(port)]
+    server = subprocess.Popen([*pinned(0), *command], stderr=subprocess.DEVNULL)
     connections, window = (1, 1) if options.sequential else (8, 16)
     try:
         wait_ready(url, server)

@@ -16,7 +16,6 @@ import signal
 import socket
 import sys
 import time
-import weakref
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -25,6 +24,7 @@ from synapse_cli.builtins import default_registry
 from synapse_cli.logs import SafeLogFilter, log_config
 from synapse_cli.registry import Registry
 from synapse_cli.server import Settings, create_app
+from synapse_cli.transport import deadline_protocol, websocket_protocol
 
 __all__ = ["LoadError", "load_registry", "serve", "serve_reload", "serve_workers"]
 
@@ -93,135 +93,6 @@ def load_registry(target: str | None) -> Registry:
     return _find_registry(module, attr or None, target)
 
 
-def _deadline_protocol(timeout: float) -> Any:
-    """uvicorn's HTTP protocol, dropping a connection whose handshake request is not in after ``timeout``."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    class DeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            # A weak reference: after an upgrade this protocol is gone from the transport, and the
-            # timer must not keep it (its parser, its request) alive until the deadline.
-            self._deadline = self.loop.call_later(timeout, _expire, weakref.ref(self))
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._deadline.cancel()
-            super().connection_lost(exc)
-
-        def handle_websocket_upgrade(self, *args: Any) -> None:
-            self._deadline.cancel()  # the handshake arrived in time (both uvicorn HTTP protocols call this)
-            super().handle_websocket_upgrade(*args)
-
-    def _expire(reference: weakref.ref[Any]) -> None:
-        protocol = reference()
-        if protocol is None:
-            return
-        transport = protocol.transport
-        # Still the transport's protocol (not upgraded) and no request ever completed its headers.
-        if transport.get_protocol() is protocol and protocol.cycle is None and not transport.is_closing():
-            logger.info("dropping a connection whose request did not arrive within %g s", timeout)
-            transport.close()
-
-    return DeadlineProtocol
-
-
-class _CoalescingTransport:
-    """A transport whose writes made in one event-loop iteration leave in one syscall.
-
-    A pipelined client gets many replies per iteration; uvicorn writes each WebSocket frame on its own,
-    and those ``send`` syscalls were a third of the server's time. Everything but ``write`` is the
-    real transport's; ``close`` flushes first, so nothing written is lost or reordered.
-    """
-
-    __slots__ = ("_transport", "_loop", "_buffer")
-
-    def __init__(self, transport: Any, loop: Any) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._buffer: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._buffer:
-            self._loop.call_soon(self._flush)
-        self._buffer.append(data)
-
-    def _flush(self) -> None:
-        if self._buffer:
-            data = b"".join(self._buffer)
-            self._buffer.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def _frame_header(size: int) -> bytes:
-    """The header of a server's unfragmented text frame (RFC 6455 §5.2: FIN, opcode 1, no mask)."""
-    if size < 126:
-        return bytes((0x81, size))
-    if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big")
-    return b"\x81\x7f" + size.to_bytes(8, "big")
-
-
-def _websocket_protocol() -> Any:
-    """uvicorn's websockets-sansio protocol, writing through a :class:`_CoalescingTransport`.
-
-    It also offers the app :data:`~synapse_cli.server.DIRECT_EXTENSION`: take a queued message and
-    write a text frame as plain calls. Through ASGI each message costs a coroutine and a dict both ways,
-    and each reply a ``bytes -> str -> bytes`` round trip; that was a fifth of the server's time.
-    """
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-    from websockets.protocol import State
-
-    from synapse_cli.server import DIRECT_EXTENSION
-
-    class CoalescingProtocol(WebSocketsSansIOProtocol):
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
-
-        def handle_connect(self, event: Any) -> None:
-            super().handle_connect(event)
-            scope: Any = getattr(self, "scope", None)  # set when the handshake goes to the app
-            if scope is not None:
-                direct = {"receive_nowait": self.receive_nowait, "send_text": self.send_text}
-                scope["extensions"][DIRECT_EXTENSION] = direct
-
-        async def receive(self) -> Any:
-            # The app wants more input and none is waiting: what it wrote so far goes out now, not
-            # one loop iteration later (sequential calls get their reply without that delay).
-            if self.queue.empty():
-                self.transport._flush()  # type: ignore[attr-defined]
-            return await super().receive()
-
-        def receive_nowait(self) -> Any:
-            """The next queued message, or None (then the app awaits ``receive``)."""
-            if self.queue.empty():
-                return None
-            message = self.queue.get_nowait()
-            if self.read_paused and self.queue.empty():  # what uvicorn's receive does
-                self.read_paused = False
-                self.transport.resume_reading()
-            return message
-
-        def send_text(self, data: bytes) -> bool:
-            """Write ``data`` (UTF-8) as one text frame now; False when the ASGI send must be used."""
-            if not (self.handshake_complete and self.writable.is_set()) or self.close_sent or self.disconnected:
-                return False  # not open yet, closing, or flow control says wait
-            if self.conn.state is not State.OPEN:
-                return False
-            self.transport.write(_frame_header(len(data)))
-            self.transport.write(data)
-            return True
-
-    return CoalescingProtocol
-
-
 def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any:
     import uvicorn
 
@@ -253,8 +124,9 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
         uvicorn_errors.addFilter(SafeLogFilter())
     config = uvicorn.Config(
         app,
-        http=_deadline_protocol(settings.handshake_timeout),
-        ws=_websocket_protocol(),
+        interface="asgi3",
+        http=deadline_protocol(settings.handshake_timeout),
+        ws=websocket_protocol(),
         ws_max_size=settings.max_message_size,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ping_interval or None,
