@@ -35,9 +35,7 @@ test: lint
 # Speed, measured against references in the same run (never in timed unit tests): see benchmarks/README.md.
 bench: $(VENV)/.installed-dev
 	cd benchmarks/node && npm install --no-audit --no-fund --silent
-	$(BIN)/python benchmarks/servers.py
-	$(BIN)/python benchmarks/bench_vs_bare.py
-	$(BIN)/python benchmarks/pipelined.py
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

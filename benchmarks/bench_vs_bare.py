@@ -26,10 +26,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).parent
 CONNECTIONS, WINDOW = 8, 16
+REFERENCE = "bare picows loop (reference)"
+SYNAPSE = "synapse bench"
+
+
+@dataclass
+class Row:
+    """One generator's median calls/s (None: skipped, Node missing)."""
+
+    name: str
+    calls_per_s: float | None
 
 
 def free_port() -> int:
@@ -89,15 +100,8 @@ def run_json(command: list[str]) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--bare", metavar="URL", help=argparse.SUPPRESS)  # internal: one reference run
-    options = parser.parse_args()
-    if options.bare:
-        print(json.dumps({"calls_per_s": bare_picows(options.bare, options.seconds)}))
-        return
+def measure(seconds: float = 5.0, repeat: int = 3) -> list[Row]:
+    """Each generator (core 1) in turn, ``repeat`` times, against one ``synapse serve`` (core 0); medians."""
     port = free_port()
     url = f"ws://127.0.0.1:{port}/ws"
     synapse = str(Path(sys.executable).parent / "synapse")
@@ -105,7 +109,7 @@ def main() -> None:
         [*pinned(0), synapse, "serve", "--port", str(port), "--log-level", "warning"], stderr=subprocess.DEVNULL
     )
     node = shutil.which("node") if (HERE / "node" / "node_modules" / "ws").exists() else None
-    results: dict[str, list[float]] = {"bare picows loop (reference)": [], "synapse bench": [], "node ws": []}
+    results: dict[str, list[float]] = {REFERENCE: [], SYNAPSE: [], "node ws": []}
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -116,30 +120,45 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("server did not start") from None
                 time.sleep(0.1)
-        seconds = str(options.seconds)
-        for _ in range(options.repeat):
-            bare = run_json([*pinned(1), sys.executable, __file__, "--bare", url, "--seconds", seconds])
-            results["bare picows loop (reference)"].append(bare["calls_per_s"])
+        for _ in range(repeat):
+            bare = run_json([*pinned(1), sys.executable, __file__, "--bare", url, "--seconds", str(seconds)])
+            results[REFERENCE].append(bare["calls_per_s"])
             bench = run_json([*pinned(1), synapse, "bench", "-c", str(CONNECTIONS * WINDOW), "--connections",
                               str(CONNECTIONS), "-z", f"{seconds}s", "--url", url, "--json"])  # fmt: skip
-            results["synapse bench"].append(bench["calls_per_s"])
+            results[SYNAPSE].append(bench["calls_per_s"])
             if node:
                 script = str(HERE / "node" / "pipelined.js")
-                result = run_json([*pinned(1), node, script, url, str(CONNECTIONS), str(WINDOW), seconds])
+                result = run_json([*pinned(1), node, script, url, str(CONNECTIONS), str(WINDOW), str(seconds)])
                 results["node ws"].append(result["calls_per_s"])
     finally:
         server.terminate()
         server.wait(10)
-    reference = statistics.median(results["bare picows loop (reference)"])
+    return [Row(name, statistics.median(values) if values else None) for name, values in results.items()]
+
+
+def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
+    reference = next(row.calls_per_s for row in rows if row.name == REFERENCE)
+    assert reference is not None
     print(f"synapse serve on core 0, generators on core 1; {CONNECTIONS} connections x {WINDOW} in flight; "
-          f"median of {options.repeat} x {options.seconds:g} s")  # fmt: skip
+          f"median of {repeat} x {seconds:g} s")  # fmt: skip
     print(f"{'generator':32} {'calls/s':>12} {'ratio':>8}")
-    for name, values in results.items():
-        if values:
-            median = statistics.median(values)
-            print(f"{name:32} {median:12,.0f} {median / reference:8.2f}")
+    for row in rows:
+        if row.calls_per_s is not None:
+            print(f"{row.name:32} {row.calls_per_s:12,.0f} {row.calls_per_s / reference:8.2f}")
         else:
-            print(f"{name:32} {'(skipped: run npm install in benchmarks/node)':>12}")
+            print(f"{row.name:32} {'(skipped: run npm install in benchmarks/node)':>12}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--bare", metavar="URL", help=argparse.SUPPRESS)  # internal: one reference run
+    options = parser.parse_args()
+    if options.bare:
+        print(json.dumps({"calls_per_s": bare_picows(options.bare, options.seconds)}))
+        return
+    print_table(measure(options.seconds, options.repeat), options.seconds, options.repeat)
 
 
 if __name__ == "__main__":

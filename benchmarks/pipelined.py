@@ -12,25 +12,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from servers import free_port, wait_ready
 from websockets.asyncio.client import connect
 
 from synapse_cli import Client
 
 WINDOW = 128
+REFERENCE = f"bare websockets loop (window {WINDOW})"
+SYNAPSE = "synapse Client gather"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass
+class Row:
+    """One client's median calls/s."""
+
+    name: str
+    calls_per_s: float
 
 
 async def bare_loop(url: str, calls: int) -> float:
@@ -59,11 +64,8 @@ async def client_gather(url: str, calls: int) -> float:
         return calls / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--repeat", type=int, default=3)
-    options = parser.parse_args()
+def measure(calls: int = 20000, repeat: int = 3) -> list[Row]:
+    """The reference loop, then the Client, ``repeat`` times against one ``synapse serve``; medians."""
     port = free_port()
     synapse = Path(sys.executable).parent / "synapse"
     server = subprocess.Popen(
@@ -71,18 +73,30 @@ def main() -> None:
     )
     url = f"ws://127.0.0.1:{port}/ws"
     try:
-        time.sleep(1.5)
+        wait_ready(url, server)
         bare, ours = [], []
-        for _ in range(options.repeat):
-            bare.append(asyncio.run(bare_loop(url, options.calls)))
-            ours.append(asyncio.run(client_gather(url, options.calls)))
-        reference, measured = statistics.median(bare), statistics.median(ours)
-        print(f"bare websockets loop (window {WINDOW}): {reference:10,.0f} calls/s")
-        print(f"synapse Client gather:                 {measured:10,.0f} calls/s")
-        print(f"ratio synapse/reference:               {measured / reference:10.2f}")
+        for _ in range(repeat):
+            bare.append(asyncio.run(bare_loop(url, calls)))
+            ours.append(asyncio.run(client_gather(url, calls)))
     finally:
         server.terminate()
         server.wait(10)
+    return [Row(REFERENCE, statistics.median(bare)), Row(SYNAPSE, statistics.median(ours))]
+
+
+def print_table(rows: list[Row]) -> None:
+    reference, measured = rows
+    print(f"{reference.name + ':':38} {reference.calls_per_s:10,.0f} calls/s")
+    print(f"{measured.name + ':':38} {measured.calls_per_s:10,.0f} calls/s")
+    print(f"{'ratio synapse/reference:':38} {measured.calls_per_s / reference.calls_per_s:10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=3)
+    options = parser.parse_args()
+    print_table(measure(options.calls, options.repeat))
 
 
 if __name__ == "__main__":

@@ -15,17 +15,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from websockets.sync.client import connect
 
 HERE = Path(__file__).parent
+REFERENCE = "bare Starlette + orjson (reference)"
+SYNAPSE = "synapse serve"
+
+
+@dataclass
+class Row:
+    """One server's medians: pipelined (8 x 16) and sequential (1 x 1) calls/s."""
+
+    name: str
+    pipelined: float
+    sequential: float
+
+    @property
+    def sequential_us(self) -> float:
+        return 1e6 / self.sequential
 
 
 def free_port() -> int:
@@ -35,7 +53,8 @@ def free_port() -> int:
 
 
 def pinned(core: int) -> list[str]:
-    if shutil.which("taskset"):
+    """A taskset prefix when pinning is possible (2+ cores and taskset installed)."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", str(core)]
     return []
 
@@ -43,9 +62,9 @@ def pinned(core: int) -> list[str]:
 def servers(port: int) -> dict[str, list[str]]:
     python, synapse = sys.executable, str(Path(sys.executable).parent / "synapse")
     return {
-        "bare Starlette + orjson (reference)": [python, str(HERE / "reference" / "bare_starlette.py"), str(port)],
+        REFERENCE: [python, str(HERE / "reference" / "bare_starlette.py"), str(port)],
         "raw websockets + orjson": [python, str(HERE / "reference" / "raw_websockets.py"), str(port)],
-        "synapse serve": [synapse, "serve", "--port", str(port), "--log-level", "warning"],
+        SYNAPSE: [synapse, "serve", "--port", str(port), "--log-level", "warning"],
     }
 
 
@@ -63,11 +82,65 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
 
 
-def generate(node: str, url: str, connections: int, window: int, seconds: float) -> float:
+def start_server(command: list[str], url: str) -> subprocess.Popen[bytes]:
+    """Start ``command`` and wait until it answers on ``url``; if it does not, exit with its stderr's tail."""
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty server never blocks on it
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_ready(url, process)
+        except SystemExit:
+            process.kill()
+            process.wait(10)
+            log.seek(0)
+            tail = log.read()[-3000:].decode(errors="replace")
+            raise SystemExit(f"server did not start: {command}\n{tail}") from None
+    return process
+
+
+def find_node() -> str:
+    """The node executable, once `npm install` has run in benchmarks/node."""
+    node = shutil.which("node")
+    if node is None or not (HERE / "node" / "node_modules" / "ws").exists():
+        raise SystemExit("needs Node and `npm install` in benchmarks/node")
+    return node
+
+
+def generate(node: str, url: str, connections: int, window: int, seconds: float, core: int | None = 1) -> float:
+    """Calls/s the Node generator measured (pinned to ``core``; None: not pinned)."""
     script = str(HERE / "node" / "pipelined.js")
-    command = [*pinned(1), node, script, url, str(connections), str(window), str(seconds)]
+    prefix = pinned(core) if core is not None else []
+    command = [*prefix, node, script, url, str(connections), str(window), str(seconds)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["calls_per_s"])
+
+
+def measure(seconds: float = 5.0, repeat: int = 3) -> list[Row]:
+    """Each server in turn (core 0), loaded by the Node generator (core 1); medians of ``repeat`` runs."""
+    node = find_node()
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/ws"
+    rows = []
+    for name, command in servers(port).items():
+        process = start_server([*pinned(0), *command], url)
+        try:
+            pipelined = [generate(node, url, 8, 16, seconds) for _ in range(repeat)]
+            sequential = [generate(node, url, 1, 1, seconds) for _ in range(repeat)]
+            rows.append(Row(name, statistics.median(pipelined), statistics.median(sequential)))
+        finally:
+            process.terminate()
+            process.wait(10)
+    return rows
+
+
+def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
+    reference = next(row for row in rows if row.name == REFERENCE)
+    print(f"Node ws generator on core 1, servers on core 0; median of {repeat} x {seconds:g} s")
+    print(f"{'server':38} {'pipelined calls/s':>18} {'ratio':>6} {'sequential µs/call':>19} {'ratio':>6}")
+    for row in rows:
+        print(
+            f"{row.name:38} {row.pipelined:18,.0f} {row.pipelined / reference.pipelined:6.2f} "
+            f"{row.sequential_us:19,.1f} {row.sequential_us / reference.sequential_us:6.2f}"
+        )
 
 
 def main() -> None:
@@ -75,31 +148,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
     options = parser.parse_args()
-    node = shutil.which("node")
-    if node is None or not (HERE / "node" / "node_modules" / "ws").exists():
-        raise SystemExit("needs Node and `npm install` in benchmarks/node")
-    rows: dict[str, tuple[float, float]] = {}
-    for name, command in servers(free_port()).items():
-        port = int(command[-1]) if "synapse" not in name else int(command[3])
-        url = f"ws://127.0.0.1:{port}/ws"
-        process = subprocess.Popen([*pinned(0), *command], stderr=subprocess.DEVNULL)
-        try:
-            wait_ready(url, process)
-            pipelined = [generate(node, url, 8, 16, options.seconds) for _ in range(options.repeat)]
-            sequential = [generate(node, url, 1, 1, options.seconds) for _ in range(options.repeat)]
-            rows[name] = (statistics.median(pipelined), statistics.median(sequential))
-        finally:
-            process.terminate()
-            process.wait(10)
-    reference = rows["bare Starlette + orjson (reference)"]
-    print(f"Node ws generator on core 1, servers on core 0; median of {options.repeat} x {options.seconds:g} s")
-    print(f"{'server':38} {'pipelined calls/s':>18} {'ratio':>6} {'sequential µs/call':>19} {'ratio':>6}")
-    for name, (pipelined, sequential) in rows.items():
-        micro = 1e6 / sequential
-        print(
-            f"{name:38} {pipelined:18,.0f} {pipelined / reference[0]:6.2f} "
-            f"{micro:19,.1f} {micro / (1e6 / reference[1]):6.2f}"
-        )
+    print_table(measure(options.seconds, options.repeat), options.seconds, options.repeat)
 
 
 if __name__ == "__main__":

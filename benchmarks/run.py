@@ -1,0 +1,228 @@
+"""Every benchmark's comparison in one run, then one summary table against the targets: `make bench`.
+
+Imports each script's measure() and runs them in turn, each printing its own table as it finishes:
+  servers.py        synapse serve vs bare Starlette (and raw websockets), Node generator, pipelined and sequential;
+  pipelined.py      synapse Client + gather vs a bare pipelined websockets loop;
+  bench_vs_bare.py  synapse bench vs a bare picows loop (and Node ws);
+  coldstart.py      synapse call / synapse --help wall time vs a minimal websockets script;
+  memory.py         RSS per idle connection and churn drift, synapse serve vs bare Starlette;
+  workers.py        synapse serve --workers 2 vs --workers 1 (not pinned).
+Then a summary: each comparison, the synapse figure, the reference figure, the ratio, the target and
+whether it is met. A comparison with no target set is informational. A script that fails is reported
+in the summary (exit status 1); missed targets do not change the exit status.
+
+The defaults take about 2.5 minutes on 2 cores; --quick is a smoke run (under a minute) whose figures are
+too short to trust.
+
+    (cd benchmarks/node && npm install) && python benchmarks/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import bench_vs_bare
+import coldstart
+import memory
+import pipelined
+import servers
+import workers
+
+PIPELINED_TARGET = 1.0  # issue 5 (benchmarks/README.md): synapse serve ≥ 1.0x bare Starlette, pipelined
+SEQUENTIAL_TARGET = 1.1  # issue 5: ≤ 1.1x bare Starlette's µs per sequential call
+CLIENT_TARGET = 0.8  # issue 5: Client + gather ≥ 0.8x a bare pipelined websockets loop
+
+
+@dataclass
+class Summary:
+    """One line of the summary table (figures already formatted with their units)."""
+
+    comparison: str
+    synapse: str
+    reference: str
+    ratio: float | None = None
+    target: str = "none set"
+    met: bool | None = None
+
+
+def run_servers(quick: bool) -> list[Summary]:
+    seconds, repeat = (1.0, 1) if quick else (3.0, 3)
+    rows = servers.measure(seconds, repeat)
+    servers.print_table(rows, seconds, repeat)
+    reference = next(row for row in rows if row.name == servers.REFERENCE)
+    ours = next(row for row in rows if row.name == servers.SYNAPSE)
+    throughput = ours.pipelined / reference.pipelined
+    latency = ours.sequential_us / reference.sequential_us
+    return [
+        Summary(
+            "serve vs bare Starlette, pipelined 8x16",
+            f"{ours.pipelined:,.0f} calls/s",
+            f"{reference.pipelined:,.0f} calls/s",
+            throughput,
+            f"≥ {PIPELINED_TARGET:.2f}x",
+            throughput >= PIPELINED_TARGET,
+        ),
+        Summary(
+            "serve vs bare Starlette, sequential 1x1",
+            f"{ours.sequential_us:,.1f} µs/call",
+            f"{reference.sequential_us:,.1f} µs/call",
+            latency,
+            f"≤ {SEQUENTIAL_TARGET:.2f}x",
+            latency <= SEQUENTIAL_TARGET,
+        ),
+    ]
+
+
+def run_pipelined(quick: bool) -> list[Summary]:
+    calls, repeat = (5000, 1) if quick else (20000, 3)
+    rows = pipelined.measure(calls, repeat)
+    pipelined.print_table(rows)
+    reference, ours = rows
+    ratio = ours.calls_per_s / reference.calls_per_s
+    return [
+        Summary(
+            "Client gather vs bare websockets loop",
+            f"{ours.calls_per_s:,.0f} calls/s",
+            f"{reference.calls_per_s:,.0f} calls/s",
+            ratio,
+            f"≥ {CLIENT_TARGET:.2f}x",
+            ratio >= CLIENT_TARGET,
+        ),
+    ]
+
+
+def run_bench_vs_bare(quick: bool) -> list[Summary]:
+    seconds, repeat = (1.0, 1) if quick else (3.0, 2)
+    rows = bench_vs_bare.measure(seconds, repeat)
+    bench_vs_bare.print_table(rows, seconds, repeat)
+    reference = next(row.calls_per_s for row in rows if row.name == bench_vs_bare.REFERENCE)
+    ours = next(row.calls_per_s for row in rows if row.name == bench_vs_bare.SYNAPSE)
+    assert reference is not None and ours is not None
+    return [
+        Summary(
+            "synapse bench vs bare picows loop", f"{ours:,.0f} calls/s", f"{reference:,.0f} calls/s", ours / reference
+        )
+    ]
+
+
+def run_coldstart(quick: bool) -> list[Summary]:
+    repeat = 3 if quick else 10
+    rows = {row.name: row for row in coldstart.measure(repeat)}
+    coldstart.print_table(list(rows.values()), repeat)
+    reference, call, help_, floor = (
+        rows[name] for name in (coldstart.REFERENCE, coldstart.CALL, coldstart.HELP, coldstart.FLOOR)
+    )
+    return [
+        Summary(
+            "synapse call vs minimal websockets script",
+            f"{call.seconds * 1000:,.1f} ms",
+            f"{reference.seconds * 1000:,.1f} ms",
+            call.ratio,
+            call.target,
+            call.met,
+        ),
+        Summary(
+            "synapse --help vs python -c pass",
+            f"{help_.seconds * 1000:,.1f} ms",
+            f"{floor.seconds * 1000:,.1f} ms",
+            help_.seconds / floor.seconds,
+            help_.target,
+            help_.met,
+        ),
+    ]
+
+
+def run_memory(quick: bool) -> list[Summary]:
+    connections, rounds, size, warmup_rounds = (500, 3, 200, 1) if quick else (2000, 20, 500, 5)
+    rows = memory.measure(connections, rounds, size, warmup_rounds)
+    memory.print_table(rows)
+    reference = next(row for row in rows if row.name == memory.REFERENCE)
+    ours = next(row for row in rows if row.name == memory.SYNAPSE)
+    return [
+        Summary(
+            f"RSS per idle connection ({connections:,}) vs bare Starlette",
+            f"{ours.per_connection_kib:.1f} KiB",
+            f"{reference.per_connection_kib:.1f} KiB",
+            ours.per_connection_kib / reference.per_connection_kib,
+            f"≤ {memory.IDLE_TARGET_KIB:g} KiB",
+            ours.per_connection_kib <= memory.IDLE_TARGET_KIB,
+        ),
+        Summary(
+            f"RSS drift, {rounds} x {size} churn, vs bare Starlette",
+            f"{ours.drift_mib:+.2f} MiB",
+            f"{reference.drift_mib:+.2f} MiB",
+            None,
+            f"< {memory.DRIFT_TARGET_MIB:g} MiB",
+            ours.drift_mib < memory.DRIFT_TARGET_MIB,
+        ),
+    ]
+
+
+def run_workers(quick: bool) -> list[Summary]:
+    seconds, repeat, connections, window = (1.0, 1, 16, 16) if quick else (3.0, 2, 16, 16)
+    rows = workers.measure((1, 2), seconds, repeat, connections, window)
+    workers.print_table(rows, seconds, repeat, connections, window)
+    one, two = rows
+    return [
+        Summary(
+            "serve --workers 2 vs 1 (unpinned, shared cores)",
+            f"{two.calls_per_s:,.0f} calls/s",
+            f"{one.calls_per_s:,.0f} calls/s",
+            two.calls_per_s / one.calls_per_s,
+        )
+    ]
+
+
+SECTIONS: dict[str, Callable[[bool], list[Summary]]] = {
+    "servers.py": run_servers,
+    "pipelined.py": run_pipelined,
+    "bench_vs_bare.py": run_bench_vs_bare,
+    "coldstart.py": run_coldstart,
+    "memory.py": run_memory,
+    "workers.py": run_workers,
+}
+
+
+def print_summary(lines: list[Summary]) -> None:
+    print(f"{'comparison':50} {'synapse':>16} {'reference':>16} {'ratio':>6} {'target':>9} {'met':>8}")
+    for line in lines:
+        ratio = "" if line.ratio is None else f"{line.ratio:.2f}"
+        met = "—" if line.met is None else ("met" if line.met else "not met")
+        print(f"{line.comparison:50} {line.synapse:>16} {line.reference:>16} {ratio:>6} {line.target:>9} {met:>8}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (figures too short to trust)")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these scripts")
+    options = parser.parse_args()
+    lines: list[Summary] = []
+    failed = False
+    start = time.monotonic()
+    for name, section in SECTIONS.items():
+        if options.only and name not in options.only:
+            continue
+        print(f"\n== {name}", flush=True)
+        try:
+            lines += section(options.quick)
+        except (Exception, SystemExit) as exc:  # the scripts stop with SystemExit("why") on setup failures
+            traceback.print_exc()
+            lines.append(Summary(f"{name}: failed ({type(exc).__name__}, see above)", "—", "—", None, "—", False))
+            failed = True
+        sys.stdout.flush()
+    print(
+        f"\n== summary ({'quick smoke run, do not trust the figures; ' if options.quick else ''}"
+        f"{time.monotonic() - start:.0f} s)"
+    )
+    print_summary(lines)
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
