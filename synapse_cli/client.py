@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
+import math
 import os
 import random
 import ssl
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from types import TracebackType
 from typing import Any, TypeVar
 
 import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
+
+try:
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask as _apply_mask
 
 from synapse_cli import protocol
 from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
@@ -33,6 +41,8 @@ T = TypeVar("T")
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 DEFAULT_TIMEOUT = 10.0
+_OPEN = State.OPEN
+_HIGH_WATER = 2**16  # bytes waiting in the socket's buffer past which a call waits for it to drain
 # Handshake refusals that another attempt cannot fix: never retried.
 _FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
 
@@ -143,6 +153,9 @@ class Client:
         self._lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._connected_once = False
+        self._outgoing: list[bytes] = []  # frames written at the end of this loop iteration
+        self._frames = _ClientFrames()
+        self._deadlines = _Deadlines()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -165,6 +178,7 @@ class Client:
             tls = _ssl_context(self.url, *self._tls)
             self._ws = await connect(
                 self.url,
+                create_connection=_fast_connection(),
                 additional_headers=headers,
                 compression=None,
                 max_size=self.max_message_size,
@@ -174,6 +188,7 @@ class Client:
                 proxy=None,
             )
         self._connected_once = True
+        self._ws.on_text = self._dispatch_frame
         self._reader = asyncio.ensure_future(self._read(self._ws))
 
     async def close(self) -> None:
@@ -188,8 +203,11 @@ class Client:
                 await self._reader
         self._fail_pending("connection closed")
 
-    async def call(self, func: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``func`` with positional or keyword arguments (not both) and return its result.
+    def call(self, func: str, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Call ``func`` with positional or keyword arguments (not both); await it for the result.
+
+        A plain method returning the call's one coroutine: with thousands of calls in flight, every
+        extra coroutine per call is memory and garbage-collector work.
 
         Raises:
             RPCError: the server answered with an error.
@@ -199,40 +217,66 @@ class Client:
         """
         if args and kwargs:
             raise TypeError("pass arguments by position or by name, not both")
-        return await self.request(func, dict(kwargs) if kwargs else list(args))
+        return self.request(func, kwargs if kwargs else args)
 
-    async def request(self, func: str, args: list[Any] | dict[str, Any], *, timeout: float | None = -1.0) -> Any:
-        """Call ``func`` with ``args`` as the protocol carries them (a list or a dict)."""
+    def request(
+        self, func: str, args: list[Any] | tuple[Any, ...] | dict[str, Any], *, timeout: float | None = -1.0
+    ) -> Coroutine[Any, Any, Any]:
+        """Call ``func`` with ``args`` as the protocol carries them (an array or an object); await it."""
         request_id = next(self._ids)
-        text = protocol.encode_call(request_id, func, args, self.dialect).decode()
-        return await self._exchange(request_id, text, func, self.timeout if timeout == -1.0 else timeout)
+        data = protocol.encode_call(request_id, func, args, self.dialect)
+        return self._exchange(request_id, data, func, self.timeout if timeout == -1.0 else timeout)
 
     async def list(self) -> list[dict[str, Any]]:
         """The server's functions: ``[{"name", "description", "params", "result"}]``."""
         if self.dialect == NATIVE:
             request_id = next(self._ids)
-            result = await self._exchange(request_id, f'{{"id":{request_id},"op":"list"}}', "list", self.timeout)
+            result = await self._exchange(request_id, b'{"id":%d,"op":"list"}' % request_id, "list", self.timeout)
             return list(result["functions"])
         document = await self.request("rpc.discover", [])
         return [_from_openrpc(method) for method in document.get("methods", [])]
 
-    async def _exchange(self, request_id: int, text: str, what: str, limit: float | None) -> Any:
+    async def _exchange(self, request_id: int, data: bytes, what: str, limit: float | None) -> Any:
         """Send one request and wait for its reply, routed to us by id."""
-        future = await self._send(request_id, text)
-        # A timer on the future itself: cheaper than wait_for, which wraps every call in more futures.
-        timer = None if limit is None else asyncio.get_running_loop().call_later(limit, _time_out, future, what, limit)
+        future = self._send_now(request_id, data)
+        if future is None:
+            future = await self._send(request_id, data.decode())
+        slot = None if limit is None else self._deadlines.add(request_id, future, limit)
         try:
             return await future
         except CallTimeout:
             self._send_cancel(request_id)
-            raise
+            raise CallTimeout(f"no reply to {what} within {limit:g} s") from None
         except asyncio.CancelledError:
             self._send_cancel(request_id)
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            if slot is not None:
+                self._deadlines.discard(slot, request_id)
             self._pending.pop(request_id, None)
+
+    def _send_now(self, request_id: int, data: bytes) -> asyncio.Future[Any] | None:
+        """The reply's future, with the request queued without waiting; None: use :meth:`_send`.
+
+        ``websockets``' ``send`` costs an async context manager, a frame object and a syscall per
+        message: more than the rest of a call. While the connection is open and its buffer is short,
+        the frame is built here and the frames of one loop iteration leave in one write.
+        """
+        ws = self._ws
+        if ws is None or ws.protocol.state is not _OPEN or ws.transport.get_write_buffer_size() > _HIGH_WATER:
+            return None  # not connected yet, reconnecting, closing, or the peer reads slowly: send() waits
+        future: asyncio.Future[Any] = ws.loop.create_future()
+        self._pending[request_id] = future  # before sending: the reply may come at once
+        if not self._outgoing:
+            ws.loop.call_soon(self._flush, ws)
+        self._outgoing.append(self._frames.text(data))
+        return future
+
+    def _flush(self, ws: Any) -> None:
+        frames, self._outgoing = self._outgoing, []
+        if ws.protocol.state is _OPEN and not ws.transport.is_closing():
+            ws.transport.write(b"".join(frames))
+        # else the connection is closing: its reader fails these calls with ConnectionLost
 
     async def _send(self, request_id: int, text: str) -> asyncio.Future[Any]:
         """Register the reply's future, then send; a connection found dead before sending is reopened once."""
@@ -296,12 +340,24 @@ class Client:
         finally:
             self._fail_pending(reason)
 
+    def _dispatch_frame(self, payload: bytes) -> bool:
+        """A text frame's payload, straight from :func:`_fast_connection`; False: let websockets judge it."""
+        try:
+            replies = protocol.decode_replies(payload)
+        except ValueError:
+            return False  # not UTF-8 (websockets closes with 1007) or not JSON (logged as malformed)
+        self._settle(replies)
+        return True
+
     def _dispatch(self, message: str | bytes) -> None:
         try:
             replies = protocol.decode_replies(message)
         except ValueError as exc:
             logger.warning("ignoring a malformed reply: %s", exc)
             return
+        self._settle(replies)
+
+    def _settle(self, replies: Sequence[protocol.Reply]) -> None:
         for reply in replies:
             future = self._pending.get(reply.id)
             if future is None or future.done():
@@ -329,9 +385,124 @@ class Client:
             await self._ws.send(text)
 
 
-def _time_out(future: asyncio.Future[Any], what: str, limit: float) -> None:
-    if not future.done():
-        future.set_exception(CallTimeout(f"no reply to {what} within {limit:g} s"))
+@functools.cache
+def _fast_connection() -> Any:
+    """``websockets``' client connection, handing complete text frames to ``on_text`` as they arrive.
+
+    ``websockets`` parses each frame with a generator and queues each message for ``recv``: more than
+    the rest of a call's cost. While the connection is open, complete unfragmented text frames go
+    straight to ``on_text``; everything else (control frames, fragments, binary, frames ``on_text``
+    refuses) is fed to ``websockets`` whole, frame by frame, so its rules (pings, close, UTF-8, sizes)
+    apply unchanged. Anything unexpected (a masked or oversized frame, websockets holding part of a
+    frame) hands the rest of the stream to ``websockets`` for good.
+    """
+    from websockets.asyncio.client import ClientConnection
+
+    class FastClientConnection(ClientConnection):
+        on_text: Callable[[bytes], bool] | None = None
+        _partial = b""
+        _fast = True
+
+        def data_received(self, data: bytes) -> None:
+            if not self._fast or self.on_text is None or self.protocol.state is not _OPEN:
+                return super().data_received(data)
+            if not self._partial and getattr(getattr(self.protocol, "reader", None), "buffer", True):
+                self._fast = False  # websockets holds part of a frame (or we cannot tell): the stream is its
+                return super().data_received(data)
+            buffer = self._partial + data if self._partial else data
+            self._partial = self._take_frames(buffer)
+
+        def _take_frames(self, buffer: bytes) -> bytes:
+            """Handle each complete frame in ``buffer``; return the incomplete rest."""
+            offset, end_of_data = 0, len(buffer)
+            # websockets >= 15 names it max_message_size; unknown: 0, so every frame goes to websockets
+            limit = getattr(self.protocol, "max_message_size", getattr(self.protocol, "max_size", 0))
+            while end_of_data - offset >= 2:
+                first, second = buffer[offset], buffer[offset + 1]
+                size, head = second & 0x7F, 2
+                if size >= 126:
+                    head = 4 if size == 126 else 10
+                    if end_of_data - offset < head:
+                        break
+                    size = int.from_bytes(buffer[offset + 2 : offset + head], "big")
+                if second & 0x80 or (limit is not None and size > limit) or self.protocol.state is not _OPEN:
+                    self._fast = False  # a server must not mask; oversized; closing: websockets decides
+                    super().data_received(buffer[offset:])
+                    return b""
+                end = offset + head + size
+                if end > end_of_data:
+                    break
+                if first != 0x81 or not self.on_text(buffer[offset + head : end]):  # type: ignore[misc]
+                    super().data_received(buffer[offset:end])  # FIN text frames only, no RSV bits
+                offset = end
+            return buffer[offset:]
+
+    return FastClientConnection
+
+
+class _ClientFrames:
+    """Unfragmented masked text frames (RFC 6455 §5.2-5.3), as a client must send them.
+
+    Masks come from ``os.urandom`` 4 KiB at a time rather than one call per frame.
+    """
+
+    __slots__ = ("_masks", "_offset")
+
+    def __init__(self) -> None:
+        self._masks = b""
+        self._offset = 0
+
+    def text(self, data: bytes) -> bytes:
+        if self._offset >= len(self._masks):
+            self._masks, self._offset = os.urandom(4096), 0
+        mask = self._masks[self._offset : self._offset + 4]
+        self._offset += 4
+        size = len(data)
+        if size < 126:
+            head = bytes((0x81, 0x80 | size))
+        elif size < 65536:
+            head = b"\x81\xfe" + size.to_bytes(2, "big")
+        else:
+            head = b"\x81\xff" + size.to_bytes(8, "big")
+        return head + mask + _apply_mask(data, mask)
+
+
+class _Deadlines:
+    """Call timeouts, one event-loop timer per ``tick`` of deadlines rather than one per call.
+
+    With thousands of calls in flight, a timer each (or ``wait_for``) cost more than the rest of a call:
+    asyncio keeps its timers in a heap ordered by Python-level comparisons. Calls whose deadlines fall
+    in the same tick share one timer, which fires at the end of that tick: a timeout is reported at
+    most ``tick`` seconds late.
+    """
+
+    __slots__ = ("_slots", "_tick")
+
+    def __init__(self, tick: float = 0.005) -> None:
+        self._tick = tick
+        self._slots: dict[int, dict[Any, asyncio.Future[Any]]] = {}
+
+    def add(self, request_id: Any, future: asyncio.Future[Any], limit: float) -> int:
+        """Fail ``future`` with CallTimeout after ``limit`` seconds; returns its slot (for :meth:`discard`)."""
+        loop = asyncio.get_running_loop()
+        slot = math.ceil((loop.time() + limit) / self._tick)
+        calls = self._slots.get(slot)
+        if calls is None:
+            calls = self._slots[slot] = {}
+            loop.call_at(slot * self._tick, self._expire, slot)
+        calls[request_id] = future
+        return slot
+
+    def discard(self, slot: int, request_id: Any) -> None:
+        """The call is over: no timeout for it (its slot's timer still fires, and finds less to do)."""
+        calls = self._slots.get(slot)
+        if calls is not None:
+            calls.pop(request_id, None)
+
+    def _expire(self, slot: int) -> None:
+        for future in self._slots.pop(slot, {}).values():
+            if not future.done():
+                future.set_exception(CallTimeout("timed out"))  # the call's coroutine words the message
 
 
 def _from_openrpc(method: dict[str, Any]) -> dict[str, Any]:

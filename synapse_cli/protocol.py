@@ -386,7 +386,9 @@ def join_batch(replies: list[bytes]) -> bytes:
 # -- the client half -------------------------------------------------------------------------------
 
 
-def encode_call(request_id: Any, func: str, args: list[Any] | dict[str, Any], dialect: Dialect) -> bytes:
+def encode_call(
+    request_id: Any, func: str, args: list[Any] | tuple[Any, ...] | dict[str, Any], dialect: Dialect
+) -> bytes:
     """Encode a call in the given dialect; ValueError for arguments JSON cannot carry (NaN, a set...)."""
     body = dump_json(args)
     if body is None:
