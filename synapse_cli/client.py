@@ -16,7 +16,7 @@ import os
 import random
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from types import TracebackType
 from typing import Any, TypeVar
@@ -147,7 +147,7 @@ class Client:
         self.max_message_size = max_message_size
         self._tls = (cafile, insecure)  # the context is built when connecting: its errors are ConnectErrors
         self._ids = itertools.count(1)  # never reused, across reconnects too
-        self._pending: dict[Any, asyncio.Future[Any]] = {}
+        self._pending: dict[Any, _Call] = {}
         self._ws: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -155,7 +155,7 @@ class Client:
         self._connected_once = False
         self._outgoing: list[bytes] = []  # frames written at the end of this loop iteration
         self._frames = _ClientFrames()
-        self._deadlines = _Deadlines()
+        self._deadlines = _Deadlines(self._time_out)
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -203,11 +203,13 @@ class Client:
                 await self._reader
         self._fail_pending("connection closed")
 
-    def call(self, func: str, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+    def call(self, func: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         """Call ``func`` with positional or keyword arguments (not both); await it for the result.
 
-        A plain method returning the call's one coroutine: with thousands of calls in flight, every
-        extra coroutine per call is memory and garbage-collector work.
+        The request leaves at once (within this event-loop iteration); what comes back is an
+        ``asyncio.Future`` for the reply, so ``asyncio.gather`` of thousands of calls costs no task
+        per call. Before the connection is open, or while the server reads slowly, it is a coroutine
+        that connects or waits for the socket first.
 
         Raises:
             RPCError: the server answered with an error.
@@ -221,41 +223,52 @@ class Client:
 
     def request(
         self, func: str, args: list[Any] | tuple[Any, ...] | dict[str, Any], *, timeout: float | None = -1.0
-    ) -> Coroutine[Any, Any, Any]:
+    ) -> Awaitable[Any]:
         """Call ``func`` with ``args`` as the protocol carries them (an array or an object); await it."""
         request_id = next(self._ids)
         data = protocol.encode_call(request_id, func, args, self.dialect)
-        return self._exchange(request_id, data, func, self.timeout if timeout == -1.0 else timeout)
+        return self._start(request_id, data, func, self.timeout if timeout == -1.0 else timeout)
 
     async def list(self) -> list[dict[str, Any]]:
         """The server's functions: ``[{"name", "description", "params", "result"}]``."""
         if self.dialect == NATIVE:
             request_id = next(self._ids)
-            result = await self._exchange(request_id, b'{"id":%d,"op":"list"}' % request_id, "list", self.timeout)
+            result = await self._start(request_id, b'{"id":%d,"op":"list"}' % request_id, "list", self.timeout)
             return list(result["functions"])
         document = await self.request("rpc.discover", [])
         return [_from_openrpc(method) for method in document.get("methods", [])]
 
-    async def _exchange(self, request_id: int, data: bytes, what: str, limit: float | None) -> Any:
-        """Send one request and wait for its reply, routed to us by id."""
-        future = self._send_now(request_id, data)
-        if future is None:
-            future = await self._send(request_id, data.decode())
-        slot = None if limit is None else self._deadlines.add(request_id, future, limit)
-        try:
-            return await future
-        except CallTimeout:
-            self._send_cancel(request_id)
-            raise CallTimeout(f"no reply to {what} within {limit:g} s") from None
-        except asyncio.CancelledError:
-            self._send_cancel(request_id)
-            raise
-        finally:
-            if slot is not None:
-                self._deadlines.discard(slot, request_id)
-            self._pending.pop(request_id, None)
+    def _start(self, request_id: int, data: bytes, what: str, limit: float | None) -> Awaitable[Any]:
+        """Send one request: the future of its reply, routed to us by id (or a coroutine that sends first)."""
+        call = self._send_now(request_id, data, what, limit)
+        return call if call is not None else self._exchange(request_id, data, what, limit)
 
-    def _send_now(self, request_id: int, data: bytes) -> asyncio.Future[Any] | None:
+    async def _exchange(self, request_id: int, data: bytes, what: str, limit: float | None) -> Any:
+        """The slow way: (re)connect or wait for the socket to drain, send, then wait for the reply."""
+        call = await self._send(request_id, data.decode(), what, limit)
+        if limit is not None:
+            self._deadlines.add(call, asyncio.get_running_loop())
+        return await call  # cancelling this cancels the call, which tells the server
+
+    def _new_call(self, loop: asyncio.AbstractEventLoop, request_id: int, what: str, limit: float | None) -> _Call:
+        call = _Call(loop=loop)
+        call.client, call.request_id, call.what, call.limit, call.slot = self, request_id, what, limit, None
+        self._pending[request_id] = call  # before sending: the reply may come at once
+        return call
+
+    def _forget(self, call: _Call) -> None:
+        """``call`` was cancelled: no reply is awaited any more, and the server is told."""
+        self._pending.pop(call.request_id, None)
+        self._deadlines.discard(call)
+        self._send_cancel(call.request_id)
+
+    def _time_out(self, call: _Call) -> None:
+        if not call.done():
+            self._pending.pop(call.request_id, None)
+            call.set_exception(CallTimeout(f"no reply to {call.what} within {call.limit:g} s"))
+            self._send_cancel(call.request_id)
+
+    def _send_now(self, request_id: int, data: bytes, what: str, limit: float | None) -> _Call | None:
         """The reply's future, with the request queued without waiting; None: use :meth:`_send`.
 
         ``websockets``' ``send`` costs an async context manager, a frame object and a syscall per
@@ -265,12 +278,13 @@ class Client:
         ws = self._ws
         if ws is None or ws.protocol.state is not _OPEN or ws.transport.get_write_buffer_size() > _HIGH_WATER:
             return None  # not connected yet, reconnecting, closing, or the peer reads slowly: send() waits
-        future: asyncio.Future[Any] = ws.loop.create_future()
-        self._pending[request_id] = future  # before sending: the reply may come at once
+        call = self._new_call(ws.loop, request_id, what, limit)
+        if limit is not None:
+            self._deadlines.add(call, ws.loop)
         if not self._outgoing:
             ws.loop.call_soon(self._flush, ws)
         self._outgoing.append(self._frames.text(data))
-        return future
+        return call
 
     def _flush(self, ws: Any) -> None:
         frames, self._outgoing = self._outgoing, []
@@ -278,15 +292,14 @@ class Client:
             ws.transport.write(b"".join(frames))
         # else the connection is closing: its reader fails these calls with ConnectionLost
 
-    async def _send(self, request_id: int, text: str) -> asyncio.Future[Any]:
+    async def _send(self, request_id: int, text: str, what: str, limit: float | None) -> _Call:
         """Register the reply's future, then send; a connection found dead before sending is reopened once."""
         for attempt in (1, 2):
             ws = await self._ready()
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = future  # before sending: the reply may come at once
+            call = self._new_call(asyncio.get_running_loop(), request_id, what, limit)
             try:
                 await ws.send(text)
-                return future
+                return call
             except ConnectionClosed as exc:
                 self._pending.pop(request_id, None)
                 if attempt == 2:
@@ -359,19 +372,21 @@ class Client:
 
     def _settle(self, replies: Sequence[protocol.Reply]) -> None:
         for reply in replies:
-            future = self._pending.get(reply.id)
-            if future is None or future.done():
+            call = self._pending.pop(reply.id, None)
+            if call is None or call.done():
                 continue  # a late reply to a call that timed out or was cancelled
+            self._deadlines.discard(call)
             if reply.error is None:
-                future.set_result(reply.result)
+                call.set_result(reply.result)
             else:
-                future.set_exception(RPCError(reply.error.message, reply.error.code, reply.error.data))
+                call.set_exception(RPCError(reply.error.message, reply.error.code, reply.error.data))
 
     def _fail_pending(self, reason: str) -> None:
-        for future in list(self._pending.values()):
-            if not future.done():
-                future.set_exception(ConnectionLost(reason))
-        self._pending.clear()
+        calls, self._pending = self._pending, {}
+        for call in calls.values():
+            self._deadlines.discard(call)
+            if not call.done():
+                call.set_exception(ConnectionLost(reason))
 
     def _send_cancel(self, request_id: Any) -> None:
         if self.dialect != NATIVE or not self.connected:
@@ -467,6 +482,23 @@ class _ClientFrames:
         return head + mask + _apply_mask(data, mask)
 
 
+class _Call(asyncio.Future):  # type: ignore[type-arg]
+    """The reply to one call in flight. Cancelling it (or the task awaiting it) tells the server."""
+
+    __slots__ = ("client", "request_id", "what", "limit", "slot")
+    client: Client
+    request_id: int
+    what: str
+    limit: float | None
+    slot: int | None
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.client._forget(self)
+        return True
+
+
 class _Deadlines:
     """Call timeouts, one event-loop timer per ``tick`` of deadlines rather than one per call.
 
@@ -476,33 +508,32 @@ class _Deadlines:
     most ``tick`` seconds late.
     """
 
-    __slots__ = ("_slots", "_tick")
+    __slots__ = ("_slots", "_tick", "_expire_call")
 
-    def __init__(self, tick: float = 0.005) -> None:
+    def __init__(self, expire: Callable[[_Call], None], tick: float = 0.005) -> None:
         self._tick = tick
-        self._slots: dict[int, dict[Any, asyncio.Future[Any]]] = {}
+        self._expire_call = expire
+        self._slots: dict[int, dict[int, _Call]] = {}
 
-    def add(self, request_id: Any, future: asyncio.Future[Any], limit: float) -> int:
-        """Fail ``future`` with CallTimeout after ``limit`` seconds; returns its slot (for :meth:`discard`)."""
-        loop = asyncio.get_running_loop()
-        slot = math.ceil((loop.time() + limit) / self._tick)
+    def add(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire ``call`` after its ``limit`` seconds."""
+        assert call.limit is not None
+        slot = call.slot = math.ceil((loop.time() + call.limit) / self._tick)
         calls = self._slots.get(slot)
         if calls is None:
             calls = self._slots[slot] = {}
             loop.call_at(slot * self._tick, self._expire, slot)
-        calls[request_id] = future
-        return slot
+        calls[call.request_id] = call
 
-    def discard(self, slot: int, request_id: Any) -> None:
+    def discard(self, call: _Call) -> None:
         """The call is over: no timeout for it (its slot's timer still fires, and finds less to do)."""
-        calls = self._slots.get(slot)
+        calls = self._slots.get(call.slot) if call.slot is not None else None
         if calls is not None:
-            calls.pop(request_id, None)
+            calls.pop(call.request_id, None)
 
     def _expire(self, slot: int) -> None:
-        for future in self._slots.pop(slot, {}).values():
-            if not future.done():
-                future.set_exception(CallTimeout("timed out"))  # the call's coroutine words the message
+        for call in self._slots.pop(slot, {}).values():
+            self._expire_call(call)
 
 
 def _from_openrpc(method: dict[str, Any]) -> dict[str, Any]:
@@ -514,6 +545,10 @@ def _from_openrpc(method: dict[str, Any]) -> dict[str, Any]:
     }
     result = method.get("result", {}).get("schema", {})
     return {"name": method["name"], "description": method.get("description", ""), "params": schema, "result": result}
+
+
+async def _awaited(start: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    return await start(*args, **kwargs)
 
 
 class SyncClient:
@@ -550,7 +585,7 @@ class SyncClient:
 
     def call(self, func: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``func`` and block until its result (same errors as :meth:`Client.call`)."""
-        return self._run(self._client.call(func, *args, **kwargs))
+        return self._run(_awaited(self._client.call, func, *args, **kwargs))  # started on the loop's thread
 
     def list(self) -> list[dict[str, Any]]:
         """The server's functions."""
