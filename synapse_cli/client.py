@@ -455,6 +455,9 @@ def _fast_connection() -> Any:
     return FastClientConnection
 
 
+_SHORT_HEADS = [bytes((0x81, 0x80 | size)) for size in range(126)]  # FIN, text, masked, 7-bit length
+
+
 class _ClientFrames:
     """Unfragmented masked text frames (RFC 6455 §5.2-5.3), as a client must send them.
 
@@ -465,16 +468,17 @@ class _ClientFrames:
 
     def __init__(self) -> None:
         self._masks = b""
-        self._offset = 0
+        self._offset = 4096
 
     def text(self, data: bytes) -> bytes:
-        if self._offset >= len(self._masks):
-            self._masks, self._offset = os.urandom(4096), 0
-        mask = self._masks[self._offset : self._offset + 4]
-        self._offset += 4
+        offset = self._offset
+        if offset >= 4096:
+            self._masks, offset = os.urandom(4096), 0
+        mask = self._masks[offset : offset + 4]
+        self._offset = offset + 4
         size = len(data)
         if size < 126:
-            head = bytes((0x81, 0x80 | size))
+            head = _SHORT_HEADS[size]
         elif size < 65536:
             head = b"\x81\xfe" + size.to_bytes(2, "big")
         else:

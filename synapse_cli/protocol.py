@@ -344,7 +344,7 @@ def dump_json(value: Any) -> bytes | None:
 
 
 def _id_json(request_id: Any) -> bytes:
-    return orjson.dumps(request_id)
+    return b"%d" % request_id if type(request_id) is int else orjson.dumps(request_id)
 
 
 def reply_result(request_id: Any, dialect: Dialect, result: Any) -> bytes:
@@ -423,5 +423,6 @@ def decode_replies(text: str | bytes) -> list[Reply]:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"reply is not JSON: {exc}") from exc
-    items = value if type(value) is list else [value]
-    return [_reply_from(item) for item in items]
+    if type(value) is not list:
+        return [_reply_from(value)]
+    return [_reply_from(item) for item in value]
