@@ -372,6 +372,8 @@ class Client:
 
     def _settle(self, replies: Sequence[protocol.Reply]) -> None:
         for reply in replies:
+            if type(reply.id) is not int:
+                continue  # our ids are integers: a reply with another id answers no call of ours
             call = self._pending.pop(reply.id, None)
             if call is None or call.done():
                 continue  # a late reply to a call that timed out or was cancelled
@@ -417,6 +419,7 @@ def _fast_connection() -> Any:
         on_text: Callable[[bytes], bool] | None = None
         _partial = b""
         _fast = True
+        _fragments = False  # websockets is assembling a fragmented message: every frame is its
 
         def data_received(self, data: bytes) -> None:
             if not self._fast or self.on_text is None or self.protocol.state is not _OPEN:
@@ -447,7 +450,9 @@ def _fast_connection() -> Any:
                 end = offset + head + size
                 if end > end_of_data:
                     break
-                if first != 0x81 or not self.on_text(buffer[offset + head : end]):  # type: ignore[misc]
+                if first != 0x81 or self._fragments or not self.on_text(buffer[offset + head : end]):  # type: ignore[misc]
+                    if first & 0x0F in (0, 1, 2):  # data frames: is a fragmented message in progress?
+                        self._fragments = not first & 0x80
                     super().data_received(buffer[offset:end])  # FIN text frames only, no RSV bits
                 offset = end
             return buffer[offset:]
