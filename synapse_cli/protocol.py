@@ -86,6 +86,7 @@ _JSONRPC_MESSAGES: Final = {
 _NATIVE_KEYS: Final = frozenset({"id", "op", "func", "args"})
 _JSONRPC_KEYS: Final = frozenset({"jsonrpc", "method", "params", "id"})
 _OPS: Final = {"call": CALL, "list": LIST, "cancel": CANCEL}
+_SCALARS: Final = frozenset({int, str, bool, type(None)})
 # A string token (skipped whole), a number token, or a bracket: enough to check what orjson lets pass.
 _TOKEN: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[\[\]{}]', re.ASCII)
 _LONG_DIGITS: Final = re.compile(r"\d{19}", re.ASCII)  # ASCII: several times faster, and JSON digits are ASCII
@@ -181,6 +182,11 @@ def parse_json(text: str | bytes) -> tuple[Any, str | None]:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         return None, f"parse error: {exc}"
+    return _checked(text, value)
+
+
+def _checked(text: str | bytes, value: Any) -> tuple[Any, str | None]:
+    """``value`` as orjson parsed it from ``text``, or (None, reason) when the spec refuses it."""
     if not isinstance(text, str):
         text = text.decode()  # orjson accepted it: valid UTF-8
     # Cheap filters first: the exact scan only runs when the text could break a rule.
@@ -206,6 +212,30 @@ def _check_func(func: Any) -> str | None:
     if len(func) > MAX_NAME_LENGTH:
         return f"func longer than {MAX_NAME_LENGTH} characters"
     return None
+
+
+def _plain_call(obj: dict[str, Any]) -> Request | None:
+    """The most common frame, checked in one go: ``{"id", "func", "args"}`` with scalar arguments.
+
+    Scalars only (no float, no nesting): nothing in it can be a too-deep value or an integer past 64
+    bits (orjson reads those as floats), so the text needs no scan. Anything else: None, the full path.
+    """
+    request_id: Any = obj.get("id")
+    func: Any = obj.get("func")
+    args: Any = obj.get("args")
+    kind = type(request_id)
+    if kind is int:
+        if not 0 <= request_id < MAX_NATIVE_ID:
+            return None
+    elif kind is not str or len(request_id) > MAX_ID_LENGTH:
+        return None
+    if type(func) is not str or len(func) > MAX_NAME_LENGTH or func == "rpc.discover":
+        return None
+    kind = type(args)
+    values = args if kind is list else args.values() if kind is dict else None
+    if values is None or not all(type(value) in _SCALARS for value in values):
+        return None
+    return Request(CALL, request_id, NATIVE, func, args)
 
 
 def _decode_native(obj: dict[str, Any]) -> Request | Invalid:
@@ -276,7 +306,15 @@ def _decode_item(obj: Any, fallback: Dialect) -> Request | Invalid:
 
 def decode_frame(text: str | bytes, *, max_batch: int = 1000) -> Frame:
     """Decode one text frame into requests and invalid items (SPEC §1)."""
-    value, reason = parse_json(text)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return _parse_error(f"parse error: {exc}")
+    if type(value) is dict and len(value) == 3:
+        request = _plain_call(value)
+        if request is not None:
+            return Frame([request])
+    value, reason = _checked(text, value)
     if reason:
         return _parse_error(reason)
     if type(value) is not list:

@@ -13,7 +13,7 @@ import logging
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 import orjson
 import pydantic
@@ -42,6 +42,28 @@ def _first_paragraph(func: Callable[..., Any]) -> str:
     return doc.split("\n\n", 1)[0].replace("\n", " ").strip()
 
 
+# Core schema types whose strict Python validation of parsed JSON equals strict JSON validation. Others
+# (datetime, bytes, enums, models, tuples, custom validators...) read JSON strings their own way.
+_JSON_NATIVE: Final = frozenset(
+    {"arguments-v3", "int", "float", "str", "bool", "none", "any", "list", "dict", "nullable", "union", "default"}
+)
+
+
+def _schema_types(schema: Any) -> set[str]:
+    """Every ``type`` named anywhere in a pydantic-core schema."""
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("type"), str):
+                found.add(node["type"])
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return found
+
+
 @dataclass(slots=True)
 class Function:
     """One registered function and everything built for it once.
@@ -68,6 +90,7 @@ class Function:
     _var_args: str | None
     _var_kwargs: str | None
     _named: frozenset[str]
+    _json_native: bool
 
     @classmethod
     def build(cls, func: Callable[..., Any], *, name: str, inline: bool) -> Function:
@@ -90,11 +113,18 @@ class Function:
             _var_args=next((p.name for p in params if p.kind is kinds.VAR_POSITIONAL), None),
             _var_kwargs=next((p.name for p in params if p.kind is kinds.VAR_KEYWORD), None),
             _named=frozenset(p.name for p in params if p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)),
+            _json_native=_schema_types(core_schema) <= _JSON_NATIVE,
         )
 
     def bind(self, args: list[Any] | dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Validate ``args`` against the signature: (args, kwargs) to call with, or RPCError -32602."""
         named = self._by_name(args) if type(args) is list else self._split_extra(args)  # type: ignore[arg-type]
+        if self._json_native:  # the JSON path's result, without encoding the arguments again
+            try:
+                valid: tuple[tuple[Any, ...], dict[str, Any]] = self._validator.validate_python(named, strict=True)
+                return valid
+            except pydantic.ValidationError:
+                pass  # the JSON path below words the errors for JSON ("array", not "list")
         try:
             bound: tuple[tuple[Any, ...], dict[str, Any]] = self._validator.validate_json(
                 orjson.dumps(named), strict=True

@@ -51,14 +51,16 @@ Send = Callable[[Message], Awaitable[None]]
 
 # An ASGI extension our uvicorn protocol (runner.py) puts in the WebSocket scope:
 #   receive_nowait() -> the next message if one is queued, else None;
-#   send_text(utf8: bytes) -> True when the frame was written (False: use the ASGI send, which waits).
+#   send_text(utf8: bytes, now: bool) -> True when the frame was written (False: use the ASGI send, which
+#       waits). Frames are coalesced until the end of the loop iteration; ``now`` sends them at once when
+#       no other message of this connection waits to be answered.
 # Without it (another ASGI server) the endpoint uses plain ASGI messages.
 DIRECT_EXTENSION = "synapse.direct"
 
 
 class Direct(TypedDict):
     receive_nowait: Callable[[], Message | None]
-    send_text: Callable[[bytes], bool]
+    send_text: Callable[[bytes, bool], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,7 @@ class Connection:
         self._running = asyncio.Semaphore(state.settings.max_inflight)  # batches included
         self._closed = False
         self._protocol_log = RateLimitedLog()
+        self._answered: list[tuple[Request, str, str, float]] = []  # answered at once, not counted yet
 
     def _observe(self, item: Request, function: str, outcome: str, start: float) -> None:
         """Count an answered call in the metrics; log it at debug level (ids and names, never bodies)."""
@@ -234,10 +237,15 @@ class Connection:
                 if message["type"] == "websocket.receive":  # a binary frame
                     await self.close(1003)
                 return
-            self.metrics.received(text)
             reply = self._handle(text)
-            if reply is not None and not self._write_now(reply):
+            if reply is not None and not self._write_now(reply, now=True):
                 await self.send(reply)
+            # Bookkeeping once the reply is on its way: it is not kept waiting for it.
+            self.metrics.received(text)
+            if self._answered:
+                for answered in self._answered:
+                    self._observe(*answered)
+                self._answered.clear()
 
     def _handle(self, text: str) -> bytes | None:
         """Start what ``text`` asks for; the reply to write now, if there is one already."""
@@ -283,7 +291,7 @@ class Connection:
             entry, args, kwargs = self.registry.resolve(item.func, item.args)
         except RPCError as exc:
             known = exc.code != protocol.METHOD_NOT_FOUND  # unknown names would make labels unbounded
-            self._observe(item, item.func if known else "<unknown>", str(exc.code), start)
+            self._answered.append((item, item.func if known else "<unknown>", str(exc.code), start))
             return self._error(item, ErrorInfo(exc.code, exc.message, exc.data))
         if entry.inline and not entry.is_async:
             return self._run_inline(item, entry, args, kwargs, start)
@@ -320,11 +328,10 @@ class Connection:
             result = entry.func(*args, **kwargs)
         except Exception as exc:
             error = error_from_exception(exc, debug=self.settings.debug, function=entry.name)
-            self._observe(item, entry.name, str(error.code), start)
+            self._answered.append((item, entry.name, str(error.code), start))
             return self._error(item, error)
-        reply = None if item.notification else protocol.reply_result(item.id, item.dialect, result)
-        self._observe(item, entry.name, "ok", start)
-        return reply
+        self._answered.append((item, entry.name, "ok", start))
+        return None if item.notification else protocol.reply_result(item.id, item.dialect, result)
 
     async def _run(
         self,
@@ -392,14 +399,14 @@ class Connection:
                 continue  # its calls answer for themselves; the batch then replies
             pending.stop(reason)
 
-    def _write_now(self, data: bytes) -> bool:
+    def _write_now(self, data: bytes, *, now: bool = False) -> bool:
         """Write one text frame without waiting, when the server offers that and the socket takes it.
 
         False: use :meth:`send` (another ASGI server, or the peer is slow to read: flow control waits).
         """
         if self._closed:
             return True  # nobody to write to
-        if self._send_now is not None and self._send_now(data):
+        if self._send_now is not None and self._send_now(data, now):
             self.metrics.sent(len(data))
             return True
         return False

@@ -194,14 +194,20 @@ def websocket_protocol() -> Any:
                 self.transport.resume_reading()
             return message
 
-        def send_text(self, data: bytes) -> bool:
-            """Write ``data`` (UTF-8) as one text frame now; False when the ASGI send must be used."""
+        def send_text(self, data: bytes, now: bool = False) -> bool:
+            """Write ``data`` (UTF-8) as one text frame; False when the ASGI send must be used.
+
+            The frame leaves with the others of this loop iteration, or at once when ``now`` and no
+            other message of this connection waits (a sequential caller is not kept waiting).
+            """
             if not (self.handshake_complete and self.writable.is_set()) or self.close_sent or self.disconnected:
                 return False  # not open yet, closing, or flow control says wait
             if self.conn.state is not State.OPEN:
                 return False
             self.transport.write(_frame_header(len(data)))
             self.transport.write(data)
+            if now and self.queue.empty():
+                self.transport.flush()  # type: ignore[attr-defined]
             return True
 
     return SynapseWebSocketProtocol

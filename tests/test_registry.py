@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import logging
 from typing import Any
 
@@ -561,3 +563,63 @@ def test_builtins_are_described() -> None:
     for entry in default_registry().describe():
         assert entry["description"], entry["name"]
         assert entry["params"]["type"] == "object"
+
+
+def _bind_outcome(function: Function, args: Any) -> Any:
+    try:
+        return ("ok", function.bind(args))
+    except RPCError as exc:
+        return ("error", exc.code, exc.message, exc.data)
+
+
+def _json_native_sample(
+    a: int | float, b: str = "x", c: list[int] | None = None, d: dict[str, float] | None = None, e: bool = False
+) -> None:
+    """Parameters whose arguments are validated without a JSON round trip."""
+
+
+def _json_values() -> Any:
+    from hypothesis import strategies as st
+
+    numbers = st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)  # what JSON carries
+    scalars = st.none() | st.booleans() | numbers | st.text(max_size=5)
+    keys = st.text(max_size=3)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner))
+
+
+def test_json_native_signatures_skip_the_json_round_trip_with_the_same_outcome() -> None:
+    """For plain JSON types, validating the parsed arguments gives exactly what the JSON path gives."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    native = Function.build(_json_native_sample, name="sample", inline=True)
+    assert native._json_native
+    reference = dataclasses.replace(native, _json_native=False)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(_json_values(), max_size=6)
+        | st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e", "zz"]), _json_values(), max_size=5)
+    )
+    def same(args: Any) -> None:
+        assert _bind_outcome(native, args) == _bind_outcome(reference, args)
+
+    same()
+
+
+def test_signatures_with_json_strings_read_their_own_way_keep_the_json_path() -> None:
+    """datetime, models, tuples...: JSON strings and arrays mean something else; no shortcut for them."""
+
+    def when(at: datetime.datetime) -> None:
+        """A datetime parameter."""
+
+    def point(p: Point) -> None:
+        """A model parameter."""
+
+    def pair(t: tuple[int, int]) -> None:
+        """A tuple parameter."""
+
+    for func in (when, point, pair):
+        assert not Function.build(func, name=func.__name__, inline=True)._json_native
+    bound = Function.build(when, name="when", inline=True).bind(["2026-11-26T01:02:03Z"])
+    assert bound[0][0] == datetime.datetime(2026, 11, 26, 1, 2, 3, tzinfo=datetime.timezone.utc)
