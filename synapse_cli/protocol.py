@@ -371,6 +371,8 @@ def _carriable(value: Any) -> bool:
 
 def dump_json(value: Any) -> bytes | None:
     """Serialize a result exactly, or return None when JSON cannot carry it (SPEC §1.3, -32603)."""
+    if type(value) is int and _INT64_MIN <= value < _UINT64_END:  # the commonest result, without the checks
+        return b"%d" % value
     try:
         out = orjson.dumps(value, default=_to_json)
     except (TypeError, orjson.JSONEncodeError):
