@@ -105,11 +105,13 @@ def find_node() -> str:
     return node
 
 
-def generate(node: str, url: str, connections: int, window: int, seconds: float, core: int | None = 1) -> float:
-    """Calls/s the Node generator measured (pinned to ``core``; None: not pinned)."""
+def generate(
+    node: str, url: str, connections: int, window: int, seconds: float, core: int | None = 1, body: str | None = None
+) -> float:
+    """Calls/s the Node generator measured (pinned to ``core``; None: not pinned); ``body``: the call's JSON."""
     script = str(HERE / "node" / "pipelined.js")
     prefix = pinned(core) if core is not None else []
-    command = [*prefix, node, script, url, str(connections), str(window), str(seconds)]
+    command = [*prefix, node, script, url, str(connections), str(window), str(seconds), *([body] if body else [])]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["calls_per_s"])
 

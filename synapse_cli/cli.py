@@ -217,7 +217,9 @@ def serve(
         raise UsageError("--reload runs one process: it does not combine with --workers")
     try:
         registry = runner.load_registry(target)
-        sock = server.bind_socket(host, port)
+        # Workers each listen on the port (the kernel spreads connections evenly); this one holds it.
+        balanced = workers > 1 and server.balanced_ports()
+        sock = server.bind_socket(host, port, reuse_port=balanced, listen=not balanced)
     except runner.LoadError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

@@ -23,7 +23,7 @@ from typing import Any
 from synapse_cli.builtins import default_registry
 from synapse_cli.logs import SafeLogFilter, log_config
 from synapse_cli.registry import Registry
-from synapse_cli.server import Settings, create_app
+from synapse_cli.server import Settings, bind_socket, create_app
 from synapse_cli.transport import deadline_protocol, websocket_protocol
 
 __all__ = ["LoadError", "load_registry", "serve", "serve_reload", "serve_workers"]
@@ -150,7 +150,16 @@ def serve(registry: Registry, settings: Settings, *, sock: socket.socket, versio
 
 def _worker(target: str | None, settings: Settings, sock: socket.socket, version: str) -> None:
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards one SIGTERM
+    if _holds_port_only(sock):  # each worker listens itself: the kernel balances connections between them
+        sock = bind_socket(settings.host, settings.port, reuse_port=True)
     serve(load_registry(target), settings, sock=sock, version=version)
+
+
+def _holds_port_only(sock: socket.socket) -> bool:
+    """True for a socket bound with SO_REUSEPORT that does not listen (see ``server.bind_socket``)."""
+    if not hasattr(socket, "SO_REUSEPORT") or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+        return False
+    return not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
 
 
 def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:

@@ -15,6 +15,7 @@ import ipaddress
 import itertools
 import logging
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_PORT",
     "Settings",
     "ServerState",
+    "balanced_ports",
     "bind_socket",
     "create_app",
     "is_loopback",
@@ -542,16 +544,28 @@ class _WebSocketFirst:
         return self.app(scope, receive, send)  # type: ignore[no-any-return]
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves: the real port is known before serving (port 0 works)."""
+def balanced_ports() -> bool:
+    """True where each worker can listen on the port itself and the kernel spreads connections (Linux)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """Bind the listening socket ourselves: the real port is known before serving (port 0 works).
+
+    ``reuse_port``: other sockets of ours may bind the same port (SO_REUSEPORT, one per worker); a
+    socket bound only to hold the port for them does not ``listen``, so it is never given connections.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError:
         sock.close()
         raise
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.set_inheritable(True)
     return sock

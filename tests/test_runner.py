@@ -139,3 +139,40 @@ def test_python_dash_m_runs_the_cli() -> None:
     out = subprocess.run([sys.executable, "-m", "synapse_cli", "--version"], capture_output=True, timeout=30)
     assert out.returncode == 0
     assert out.stdout.decode().startswith("synapse ")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is Linux's")
+def test_workers_get_a_fair_share_of_connections(cli_env: dict[str, str]) -> None:
+    """Each worker listens on the port itself (SO_REUSEPORT): 40 connections land on both, every one answered."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [synapse_executable(), "serve", str(APPS / "pids.py"), "--port", str(port), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env,
+        start_new_session=True,
+    )
+
+    def pid() -> int:
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2) as ws:
+            ws.send('{"id":1,"func":"pid"}')
+            return int(ws.recv(timeout=5).split('"result":')[1].split(",")[0])
+
+    try:
+        deadline, started = time.monotonic() + 20, set()
+        while len(started) < 2:  # both workers listening
+            assert time.monotonic() < deadline, "the workers did not both start"
+            try:
+                started.add(pid())
+            except OSError:
+                time.sleep(0.2)
+        answered = [pid() for _ in range(40)]  # every connection lands on a listening worker
+        counts = sorted(answered.count(worker) for worker in set(answered))
+        assert len(counts) == 2 and process.pid not in answered
+        assert counts[0] >= 8, counts  # binomial(40, 1/2) gives fewer than 8 once in ~100,000 runs
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
