@@ -55,7 +55,9 @@ Send = Callable[[Message], Awaitable[None]]
 #   receive_nowait() -> the next message if one is queued, else None;
 #   send_text(utf8: bytes, now: bool) -> True when the frame was written (False: use the ASGI send, which
 #       waits). Frames are coalesced until the end of the loop iteration; ``now`` sends them at once when
-#       no other message of this connection waits to be answered.
+#       no other message of this connection waits to be answered;
+#   on_text(handler | None): give the server a handler(text) -> bool for text messages as they arrive,
+#       called when no message is queued before it and the socket takes writes (False: queue it).
 # Without it (another ASGI server) the endpoint uses plain ASGI messages.
 DIRECT_EXTENSION = "synapse.direct"
 
@@ -63,6 +65,7 @@ DIRECT_EXTENSION = "synapse.direct"
 class Direct(TypedDict):
     receive_nowait: Callable[[], Message | None]
     send_text: Callable[[bytes, bool], bool]
+    on_text: Callable[[Callable[[str], bool] | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,11 +229,8 @@ class Connection:
         """The connection loop: read, decode, dispatch; stop reading while ``max_inflight`` calls run."""
         limit = self.settings.max_inflight
         receive_now = self._receive_now
+        # on_text answers most messages as they arrive; this loop takes those queued behind others.
         while True:
-            while len(self.pending) >= limit:  # backpressure: the socket is not read meanwhile
-                self._slot_freed = asyncio.Event()
-                await self._slot_freed.wait()
-                self._slot_freed = None
             message = receive_now() if receive_now is not None else None
             if message is None:
                 message = await receive()
@@ -239,15 +239,38 @@ class Connection:
                 if message["type"] == "websocket.receive":  # a binary frame
                     await self.close(1003)
                 return
-            reply = self._handle(text)
-            if reply is not None and not self._write_now(reply, now=True):
-                await self.send(reply)
-            # Bookkeeping once the reply is on its way: it is not kept waiting for it.
-            self.metrics.received(text)
-            if self._answered:
-                for answered in self._answered:
-                    self._observe(*answered)
-                self._answered.clear()
+            while len(self.pending) >= limit:  # backpressure: the queue fills up, then the socket waits
+                self._slot_freed = asyncio.Event()
+                await self._slot_freed.wait()
+                self._slot_freed = None
+            unsent = self._answer(text)
+            if unsent is not None:
+                await self.send(unsent)
+
+    def on_text(self, text: str) -> bool:
+        """A message the server hands over as it arrives (no queue, no task to wake); False: queue it.
+
+        Only while nothing is queued before it and the socket takes writes (the server checks both),
+        and while a slot is free (backpressure as in :meth:`serve`).
+        """
+        if self._closed or len(self.pending) >= self.settings.max_inflight:
+            return False
+        unsent = self._answer(text)
+        if unsent is not None:  # closing meanwhile, or the socket filled up: the async way, in a task
+            self._track(asyncio.ensure_future(self.send(unsent)), _Pending(batch=True), None)
+        return True
+
+    def _answer(self, text: str) -> bytes | None:
+        """Handle one message; the reply that could not be written without waiting, if any."""
+        reply = self._handle(text)
+        unsent = reply if reply is not None and not self._write_now(reply, now=True) else None
+        # Bookkeeping once the reply is on its way: it is not kept waiting for it.
+        self.metrics.received(text)
+        if self._answered:
+            for answered in self._answered:
+                self._observe(*answered)
+            self._answered.clear()
+        return unsent
 
     def _handle(self, text: str) -> bytes | None:
         """Start what ``text`` asks for; the reply to write now, if there is one already."""
@@ -472,9 +495,13 @@ class RPCEndpoint:
         connection = Connection(self.state, send, number=next(self._numbers), peer=peer, direct=direct)
         self.state.connections.add(connection)
         self.state.metrics.refresh()
+        if direct:
+            direct["on_text"](connection.on_text)
         try:
             await connection.serve(receive)
         finally:
+            if direct:
+                direct["on_text"](None)
             self.state.connections.discard(connection)
             self.state.metrics.refresh()
             connection.cancel_all(None)

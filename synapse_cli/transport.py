@@ -163,6 +163,7 @@ def websocket_protocol() -> Any:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.queue = _Inbox()  # type: ignore[assignment]
+            self.text_handler: Any = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -171,7 +172,7 @@ def websocket_protocol() -> Any:
             super().handle_connect(event)
             scope: Any = getattr(self, "scope", None)  # set when the handshake goes to the app
             if scope is not None:
-                direct = {"receive_nowait": self.receive_nowait, "send_text": self.send_text}
+                direct = {"receive_nowait": self.receive_nowait, "send_text": self.send_text, "on_text": self.on_text}
                 scope["extensions"][DIRECT_EXTENSION] = direct
 
         async def send(self, message: Any) -> None:
@@ -181,7 +182,29 @@ def websocket_protocol() -> Any:
                 self.request = self.response = None  # type: ignore[assignment]
                 self.scope["headers"] = []
 
+        def on_text(self, handler: Any) -> None:
+            """The app's handler(text) -> bool for text messages as they arrive (None: queue them all)."""
+            self.text_handler = handler
+
         def send_receive_event_to_app(self) -> None:
+            # The app takes the message on the spot when nothing is queued before it and the socket
+            # takes writes: no queue, no task to wake (a sequential caller's reply leaves sooner).
+            handler = self.text_handler
+            if (
+                handler is not None
+                and self.curr_msg_data_type == "text"
+                and self.queue.empty()
+                and self.writable.is_set()
+                and not self.close_sent
+            ):
+                data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    text = None  # uvicorn's own path closes with 1007
+                if text is not None and handler(text):
+                    self.frames = []
+                    return
             # uvicorn stops reading the socket after every message until the app takes it: two
             # epoll changes per message, on a sequential caller's critical path. Read ahead up to
             # READ_AHEAD messages instead; past that the socket waits (backpressure as before).
