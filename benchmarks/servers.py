@@ -117,21 +117,34 @@ def generate(
 
 
 def measure(seconds: float = 5.0, repeat: int = 3) -> list[Row]:
-    """Each server in turn (core 0), loaded by the Node generator (core 1); medians of ``repeat`` runs."""
+    """All servers up at once (core 0), loaded in turn by the Node generator (core 1), round after round.
+
+    Interleaving the rounds spreads the machine's drifts over every server instead of favouring the one
+    measured in a quiet minute; medians of ``repeat`` rounds.
+    """
     node = find_node()
-    port = free_port()
-    url = f"ws://127.0.0.1:{port}/ws"
-    rows = []
-    for name, command in servers(port).items():
-        process = start_server([*pinned(0), *command], url)
-        try:
-            pipelined = [generate(node, url, 8, 16, seconds) for _ in range(repeat)]
-            sequential = [generate(node, url, 1, 1, seconds) for _ in range(repeat)]
-            rows.append(Row(name, statistics.median(pipelined), statistics.median(sequential)))
-        finally:
+    ports: dict[str, int] = {}
+    for name in servers(0):
+        while (port := free_port()) in ports.values():
+            pass
+        ports[name] = port
+    commands = {name: servers(port)[name] for name, port in ports.items()}
+    urls = {name: f"ws://127.0.0.1:{port}/ws" for name, port in ports.items()}
+    processes = []
+    try:
+        for name, command in commands.items():
+            processes.append(start_server([*pinned(0), *command], urls[name]))
+        pipelined: dict[str, list[float]] = {name: [] for name in commands}
+        sequential: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(repeat):
+            for name, url in urls.items():
+                pipelined[name].append(generate(node, url, 8, 16, seconds))
+                sequential[name].append(generate(node, url, 1, 1, seconds))
+    finally:
+        for process in processes:
             process.terminate()
             process.wait(10)
-    return rows
+    return [Row(name, statistics.median(pipelined[name]), statistics.median(sequential[name])) for name in commands]
 
 
 def print_table(rows: list[Row], seconds: float, repeat: int) -> None:

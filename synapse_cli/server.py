@@ -255,15 +255,15 @@ class Connection:
         """
         if self._closed or len(self.pending) >= self.settings.max_inflight:
             return False
-        unsent = self._answer(text)
+        unsent = self._answer(text, now=False)  # the server writes the replies to one read together
         if unsent is not None:  # closing meanwhile, or the socket filled up: the async way, in a task
             self._track(asyncio.ensure_future(self.send(unsent)), _Pending(batch=True), None)
         return True
 
-    def _answer(self, text: str) -> bytes | None:
+    def _answer(self, text: str, *, now: bool = True) -> bytes | None:
         """Handle one message; the reply that could not be written without waiting, if any."""
         reply = self._handle(text)
-        unsent = reply if reply is not None and not self._write_now(reply, now=True) else None
+        unsent = reply if reply is not None and not self._write_now(reply, now=now) else None
         # Bookkeeping once the reply is on its way: it is not kept waiting for it.
         self.metrics.received(text)
         if self._answered:

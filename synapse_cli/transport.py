@@ -182,6 +182,11 @@ def websocket_protocol() -> Any:
                 self.request = self.response = None  # type: ignore[assignment]
                 self.scope["headers"] = []
 
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # The replies to what this read held leave together, and now.
+            self.transport.flush()  # type: ignore[attr-defined]
+
         def on_text(self, handler: Any) -> None:
             """The app's handler(text) -> bool for text messages as they arrive (None: queue them all)."""
             self.text_handler = handler
