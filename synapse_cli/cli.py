@@ -4,8 +4,6 @@ Heavy modules (uvicorn, starlette, pydantic, rich tables) are imported inside th
 them, so ``synapse --help`` and ``synapse call`` start fast.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import dataclasses
