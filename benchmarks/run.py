@@ -138,7 +138,7 @@ def run_coldstart(quick: bool) -> list[Summary]:
 
 
 def run_memory(quick: bool) -> list[Summary]:
-    connections, rounds, size, warmup_rounds = (500, 3, 200, 1) if quick else (2000, 20, 500, 5)
+    connections, rounds, size, warmup_rounds = (500, 3, 200, 1) if quick else (2000, 20, 500, 10)
     rows = memory.measure(connections, rounds, size, warmup_rounds)
     memory.print_table(rows)
     reference = next(row for row in rows if row.name == memory.REFERENCE)
