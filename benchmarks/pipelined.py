@@ -1,17 +1,18 @@
 """Pipelined throughput of synapse serve, seen by the synapse Client and by a bare websockets loop.
 
-Starts ``synapse serve`` on a free loopback port, then measures, in the same run:
+Starts ``synapse serve`` on a free loopback port (core 0; the clients run on core 1), then measures, in the same run:
   * reference: a bare ``websockets`` + orjson client keeping WINDOW calls in flight on one connection;
   * synapse:   ``asyncio.gather`` of N calls on one ``synapse_cli.Client``.
 Prints calls/s for each (median of --repeat runs) and the ratio synapse / reference.
 
-    python benchmarks/pipelined.py [--calls 20000] [--repeat 3]
+    python benchmarks/pipelined.py [--calls 10000] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from servers import free_port, wait_ready
+from servers import free_port, pinned, wait_ready
 from websockets.asyncio.client import connect
 
 from synapse_cli import Client
@@ -64,21 +65,26 @@ async def client_gather(url: str, calls: int) -> float:
         return calls / elapsed
 
 
-def measure(calls: int = 20000, repeat: int = 3) -> list[Row]:
+def measure(calls: int = 10000, repeat: int = 3) -> list[Row]:
     """The reference loop, then the Client, ``repeat`` times against one ``synapse serve``; medians."""
     port = free_port()
     synapse = Path(sys.executable).parent / "synapse"
     server = subprocess.Popen(
-        [str(synapse), "serve", "--port", str(port), "--log-level", "warning"], stderr=subprocess.DEVNULL
+        [*pinned(0), str(synapse), "serve", "--port", str(port), "--log-level", "warning"], stderr=subprocess.DEVNULL
     )
     url = f"ws://127.0.0.1:{port}/ws"
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         wait_ready(url, server)
+        if affinity is not None and pinned(1):
+            os.sched_setaffinity(0, {1})  # the clients on core 1, the server on core 0
         bare, ours = [], []
         for _ in range(repeat):
             bare.append(asyncio.run(bare_loop(url, calls)))
             ours.append(asyncio.run(client_gather(url, calls)))
     finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
         server.terminate()
         server.wait(10)
     return [Row(REFERENCE, statistics.median(bare)), Row(SYNAPSE, statistics.median(ours))]
@@ -93,7 +99,7 @@ def print_table(rows: list[Row]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--calls", type=int, default=10000)
     parser.add_argument("--repeat", type=int, default=3)
     options = parser.parse_args()
     print_table(measure(options.calls, options.repeat))

@@ -79,7 +79,7 @@ def run_servers(quick: bool) -> list[Summary]:
 
 
 def run_pipelined(quick: bool) -> list[Summary]:
-    calls, repeat = (5000, 1) if quick else (20000, 3)
+    calls, repeat = (5000, 1) if quick else (10000, 5)
     rows = pipelined.measure(calls, repeat)
     pipelined.print_table(rows)
     reference, ours = rows
