@@ -1,6 +1,7 @@
 """Pipelined throughput of synapse serve, seen by the synapse Client and by a bare websockets loop.
 
-Starts ``synapse serve`` on a free loopback port (core 0; the clients run on core 1), then measures, in the same run:
+Starts ``synapse serve`` on a free loopback port (core 0; the clients run on core 1), then measures,
+in the same run:
   * reference: a bare ``websockets`` + orjson client keeping WINDOW calls in flight on one connection;
   * synapse:   ``asyncio.gather`` of N calls on one ``synapse_cli.Client``.
 Prints calls/s for each (median of --repeat runs) and the ratio synapse / reference.
