@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from conftest import APPS, running_server, synapse_executable
@@ -99,9 +100,8 @@ def test_silent_peer_is_dropped_after_the_handshake_deadline() -> None:
         trickle.close()
 
 
-@pytest.mark.slow
-def test_workers_share_the_port_and_stop_on_sigterm(cli_env: dict[str, str]) -> None:
-    """--workers 2 answers from two processes on one port; SIGTERM stops them all with exit 0."""
+def two_workers(cli_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Callable[[], int]]:
+    """`synapse serve tests/apps/pids.py --workers 2` on a free port, and a function asking one worker its pid."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -112,18 +112,33 @@ def test_workers_share_the_port_and_stop_on_sigterm(cli_env: dict[str, str]) -> 
         env=cli_env,
         start_new_session=True,
     )
+
+    def pid() -> int:
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2) as ws:
+            ws.send('{"id":1,"func":"pid"}')
+            return int(ws.recv(timeout=5).split('"result":')[1].split(",")[0])
+
+    return process, pid
+
+
+def both_started(pid: Callable[[], int]) -> set[int]:
+    """The two workers' pids, once both answer (within 20 s)."""
+    deadline, started = time.monotonic() + 20, set()
+    while len(started) < 2:
+        assert time.monotonic() < deadline, "the workers did not both start"
+        try:
+            started.add(pid())
+        except OSError:
+            time.sleep(0.2)  # still starting
+    return started
+
+
+@pytest.mark.slow
+def test_workers_share_the_port_and_stop_on_sigterm(cli_env: dict[str, str]) -> None:
+    """--workers 2 answers from two processes on one port; SIGTERM stops them all with exit 0."""
+    process, pid = two_workers(cli_env)
     try:
-        pids: set[int] = set()
-        deadline = time.monotonic() + 20
-        while len(pids) < 2 and time.monotonic() < deadline:
-            try:
-                with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2) as ws:
-                    ws.send('{"id":1,"func":"pid"}')
-                    pids.add(int(ws.recv(timeout=5).split('"result":')[1].split(",")[0]))
-            except OSError:
-                time.sleep(0.2)
-        assert len(pids) == 2
-        assert process.pid not in pids
+        assert process.pid not in both_started(pid)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=20)
         assert process.returncode == 0
@@ -145,34 +160,13 @@ def test_python_dash_m_runs_the_cli() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is Linux's")
 def test_workers_get_a_fair_share_of_connections(cli_env: dict[str, str]) -> None:
     """Each worker listens on the port itself (SO_REUSEPORT): 40 connections land on both, every one answered."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [synapse_executable(), "serve", str(APPS / "pids.py"), "--port", str(port), "--workers", "2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=cli_env,
-        start_new_session=True,
-    )
-
-    def pid() -> int:
-        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2) as ws:
-            ws.send('{"id":1,"func":"pid"}')
-            return int(ws.recv(timeout=5).split('"result":')[1].split(",")[0])
-
+    process, pid = two_workers(cli_env)
     try:
-        deadline, started = time.monotonic() + 20, set()
-        while len(started) < 2:  # both workers listening
-            assert time.monotonic() < deadline, "the workers did not both start"
-            try:
-                started.add(pid())
-            except OSError:
-                time.sleep(0.2)
+        both_started(pid)
         answered = [pid() for _ in range(40)]  # every connection lands on a listening worker
         counts = sorted(answered.count(worker) for worker in set(answered))
         assert len(counts) == 2 and process.pid not in answered
         assert counts[0] >= 8, counts  # binomial(40, 1/2) gives fewer than 8 once in ~100,000 runs
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(20)
+        process.communicate(timeout=20)
