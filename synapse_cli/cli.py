@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import os
 import re
 import signal
 import sys
@@ -65,6 +66,7 @@ class _PlainValue:
     def __init__(self, kind: type, info: Any) -> None:
         self.kind, self.minimum, self.maximum = kind, info.min, info.max
         self.exists, self.dir_okay = kind is Path and info.exists, kind is not Path or info.dir_okay
+        self.readable = getattr(info, "readable", True)
 
     def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
         if value is None:
@@ -85,6 +87,8 @@ class _PlainValue:
                 valid, article = self._NAMES.get(self.kind, (f"a valid {self.kind.__name__}", "one"))
                 message = f"Input should be {valid}, unable to parse string as {article}"
                 raise typer.BadParameter(message, ctx, param) from None
+        if (self.minimum is not None or self.maximum is not None) and value != value:  # NaN passes < and >
+            raise typer.BadParameter("Input should be a finite number", ctx, param)
         if self.minimum is not None and value < self.minimum:
             raise typer.BadParameter(f"Input should be greater than or equal to {self.minimum}", ctx, param)
         if self.maximum is not None and value > self.maximum:
@@ -93,6 +97,8 @@ class _PlainValue:
             raise typer.BadParameter(f"file {str(value)!r} does not exist.", ctx, param)
         if not self.dir_okay and value.is_dir():
             raise typer.BadParameter(f"file {str(value)!r} is a directory.", ctx, param)
+        if self.exists and self.readable and not os.access(value, os.R_OK):
+            raise typer.BadParameter(f"file {str(value)!r} is not readable.", ctx, param)
         return value
 
 
@@ -215,13 +221,12 @@ def serve(
         raise UsageError("--reload runs one process: it does not combine with --workers")
     try:
         registry = runner.load_registry(target)
-        # Workers each listen on the port (the kernel spreads connections evenly); this one holds it.
-        balanced = workers > 1 and server.balanced_ports()
-        sock = server.bind_socket(host, port, reuse_port=balanced, listen=not balanced)
+        sockets = server.bind_sockets(host, port, workers if not reload else 1)
     except runner.LoadError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitStatus.ERROR)
+    sock = sockets[0]
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])
     details = _serve_details(settings)
     render.console(stderr=True).print(
@@ -230,7 +235,7 @@ def serve(
     if reload:
         runner.serve_reload(target, settings, sock=sock, version=__version__)
     elif settings.workers > 1:
-        runner.serve_workers(target, settings, sock=sock, version=__version__)
+        runner.serve_workers(target, settings, sockets=sockets, version=__version__)
     else:
         runner.serve(registry, settings, sock=sock, version=__version__)
 

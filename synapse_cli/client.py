@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 DEFAULT_TIMEOUT = 10.0
-_OPEN = State.OPEN
+_OPEN, _CONNECTING = State.OPEN, State.CONNECTING
 _HIGH_WATER = 2**16  # bytes waiting in the socket's buffer past which a call waits for it to drain
 # Handshake refusals that another attempt cannot fix: never retried.
 _FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
@@ -139,6 +139,7 @@ class Client:
         self.url = url
         self.token = token
         self.timeout = timeout
+        self._limit = _time_limit(timeout)  # ValueError now for a timeout that is not a time
         self.dialect = dialect
         self.open_timeout = open_timeout
         self.reconnect_attempts = reconnect_attempts
@@ -196,6 +197,8 @@ class Client:
         if self._background:  # cancels still being written (Ctrl-C, timeouts) go out first
             await asyncio.wait(list(self._background), timeout=1.0)
         if self._ws is not None:
+            if self._outgoing:  # calls made in this loop iteration leave before the close frame
+                self._flush(self._ws)
             with contextlib.suppress(Exception):
                 await self._ws.close()
         if self._reader is not None:
@@ -218,7 +221,7 @@ class Client:
             ConnectError: the connection could not be (re)opened.
         """
         if args and kwargs:
-            raise TypeError("pass arguments by position or by name, not both")
+            return _raising(TypeError("pass arguments by position or by name, not both"))
         return self.request(func, kwargs if kwargs else args)
 
     def request(
@@ -226,14 +229,18 @@ class Client:
     ) -> Awaitable[Any]:
         """Call ``func`` with ``args`` as the protocol carries them (an array or an object); await it."""
         request_id = next(self._ids)
-        data = protocol.encode_call(request_id, func, args, self.dialect)
-        return self._start(request_id, data, func, self.timeout if timeout == -1.0 else timeout)
+        try:
+            limit = self._limit if timeout == -1.0 else _time_limit(timeout)
+            data = protocol.encode_call(request_id, func, args, self.dialect)
+        except ValueError as exc:
+            return _raising(exc)  # raised where the call is awaited, as any other failure of it
+        return self._start(request_id, data, func, limit)
 
     async def list(self) -> list[dict[str, Any]]:
         """The server's functions: ``[{"name", "description", "params", "result"}]``."""
         if self.dialect == NATIVE:
             request_id = next(self._ids)
-            result = await self._start(request_id, b'{"id":%d,"op":"list"}' % request_id, "list", self.timeout)
+            result = await self._start(request_id, b'{"id":%d,"op":"list"}' % request_id, "list", self._limit)
             return list(result["functions"])
         document = await self.request("rpc.discover", [])
         return [_from_openrpc(method) for method in document.get("methods", [])]
@@ -278,11 +285,14 @@ class Client:
         ws = self._ws
         if ws is None or ws.protocol.state is not _OPEN or ws.transport.get_write_buffer_size() > _HIGH_WATER:
             return None  # not connected yet, reconnecting, closing, or the peer reads slowly: send() waits
-        call = self._new_call(ws.loop, request_id, what, limit)
+        loop = _running_loop()
+        if loop is None or loop is not ws.loop:
+            return None  # called from another thread (run_coroutine_threadsafe): the coroutine runs there
+        call = self._new_call(loop, request_id, what, limit)
         if limit is not None:
-            self._deadlines.add(call, ws.loop)
+            self._deadlines.add(call, loop)
         if not self._outgoing:
-            ws.loop.call_soon(self._flush, ws)
+            loop.call_soon(self._flush, ws)
         self._outgoing.append(self._frames.text(data))
         return call
 
@@ -353,7 +363,7 @@ class Client:
         finally:
             self._fail_pending(reason)
 
-    def _dispatch_frame(self, payload: bytes) -> bool:
+    def _dispatch_frame(self, payload: bytes | bytearray) -> bool:
         """A text frame's payload, straight from :func:`_fast_connection`; False: let websockets judge it."""
         try:
             replies = protocol.decode_replies(payload)
@@ -416,22 +426,45 @@ def _fast_connection() -> Any:
     from websockets.asyncio.client import ClientConnection
 
     class FastClientConnection(ClientConnection):
-        on_text: Callable[[bytes], bool] | None = None
-        _partial = b""
+        on_text: Callable[[bytes | bytearray], bool] | None = None
         _fast = True
         _fragments = False  # websockets is assembling a fragmented message: every frame is its
 
-        def data_received(self, data: bytes) -> None:
-            if not self._fast or self.on_text is None or self.protocol.state is not _OPEN:
-                return super().data_received(data)
-            if not self._partial and getattr(getattr(self.protocol, "reader", None), "buffer", True):
-                self._fast = False  # websockets holds part of a frame (or we cannot tell): the stream is its
-                return super().data_received(data)
-            buffer = self._partial + data if self._partial else data
-            self._partial = self._take_frames(buffer)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._partial = bytearray()  # the start of a frame still arriving
 
-        def _take_frames(self, buffer: bytes) -> bytes:
-            """Handle each complete frame in ``buffer``; return the incomplete rest."""
+        def data_received(self, data: bytes) -> None:
+            if not self._fast or self.on_text is None or self.protocol.state is _CONNECTING:
+                return self._pass_on(data)  # given up already, or the handshake is not over
+            if self.protocol.state is not _OPEN:
+                return self._give_up(data)  # closing: websockets decides
+            if not self._partial and getattr(getattr(self.protocol, "reader", None), "buffer", True):
+                return self._give_up(data)  # websockets holds part of a frame (or we cannot tell)
+            if self._partial:  # a frame arriving in pieces: append, never copy the whole again
+                self._partial += data
+                buffer: bytes | bytearray = self._partial
+            else:
+                buffer = data
+            taken = self._take_frames(buffer)
+            if buffer is self._partial:
+                del self._partial[:taken]
+            elif taken < len(buffer):
+                self._partial = bytearray(buffer[taken:])
+
+        def _give_up(self, data: bytes) -> None:
+            """From here on the stream is websockets'."""
+            self._fast = False
+            self._pass_on(data)
+
+        def _pass_on(self, data: bytes) -> None:
+            """Feed ``data`` to websockets, after what we held of a frame."""
+            if self._partial:
+                data, self._partial = bytes(self._partial) + data, bytearray()
+            super().data_received(data)
+
+        def _take_frames(self, buffer: bytes | bytearray) -> int:
+            """Handle each complete frame in ``buffer``; return how many bytes they took."""
             offset, end_of_data = 0, len(buffer)
             # websockets >= 15 names it max_message_size; unknown: 0, so every frame goes to websockets
             limit = getattr(self.protocol, "max_message_size", getattr(self.protocol, "max_size", 0))
@@ -444,18 +477,19 @@ def _fast_connection() -> Any:
                         break
                     size = int.from_bytes(buffer[offset + 2 : offset + head], "big")
                 if second & 0x80 or (limit is not None and size > limit) or self.protocol.state is not _OPEN:
-                    self._fast = False  # a server must not mask; oversized; closing: websockets decides
-                    super().data_received(buffer[offset:])
-                    return b""
+                    # A server must not mask; oversized; closing: websockets decides, from here on.
+                    self._fast = False
+                    super().data_received(bytes(buffer[offset:]))
+                    return end_of_data
                 end = offset + head + size
                 if end > end_of_data:
                     break
                 if first != 0x81 or self._fragments or not self.on_text(buffer[offset + head : end]):  # type: ignore[misc]
                     if first & 0x0F in (0, 1, 2):  # data frames: is a fragmented message in progress?
                         self._fragments = not first & 0x80
-                    super().data_received(buffer[offset:end])  # FIN text frames only, no RSV bits
+                    super().data_received(bytes(buffer[offset:end]))  # FIN text frames only, no RSV bits
                 offset = end
-            return buffer[offset:]
+            return offset
 
     return FastClientConnection
 
@@ -491,10 +525,31 @@ class _ClientFrames:
         return head + mask + _apply_mask(data, mask)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _time_limit(timeout: float | None) -> float | None:
+    """Seconds to wait for a reply: None (or infinity) waits forever; ValueError unless positive."""
+    if timeout is None or timeout == math.inf:
+        return None
+    if not timeout > 0:  # NaN too
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+async def _raising(error: Exception) -> Any:
+    raise error
+
+
 class _Call(asyncio.Future):  # type: ignore[type-arg]
     """The reply to one call in flight. Cancelling it (or the task awaiting it) tells the server."""
 
-    __slots__ = ("client", "request_id", "what", "limit", "slot")
+    __slots__ = ("client", "request_id", "what", "limit", "slot", "_steps")
+    _steps: Any
     client: Client
     request_id: int
     what: str
@@ -506,6 +561,24 @@ class _Call(asyncio.Future):  # type: ignore[type-arg]
             return False
         self.client._forget(self)
         return True
+
+    # Also a coroutine (send/throw/close over the future's own iterator): create_task(client.call(...))
+    # and TaskGroup accept it, as they accepted the coroutine call() used to return.
+    def _iterator(self) -> Any:
+        try:
+            return self._steps
+        except AttributeError:
+            self._steps = self.__await__()
+            return self._steps
+
+    def send(self, value: Any) -> Any:
+        return self._iterator().send(value)
+
+    def throw(self, *exc_info: Any) -> Any:
+        return self._iterator().throw(*exc_info)
+
+    def close(self) -> None:
+        self._iterator().close()
 
 
 class _Deadlines:

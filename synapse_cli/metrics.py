@@ -103,6 +103,8 @@ class Metrics:
         """Count one message out."""
         self.messages_out += 1
         self.bytes_out += size
+        if self._shared is not None:
+            self._shared.soon(self)
 
     def refresh(self) -> None:
         """Multiprocess mode: write this worker's connection count (a connection opened or closed)."""

@@ -457,7 +457,7 @@ def _reply_from(obj: Any) -> Reply:
     return Reply(obj.get("id"), None, info)
 
 
-def decode_replies(text: str | bytes) -> list[Reply]:
+def decode_replies(text: str | bytes | bytearray) -> list[Reply]:
     """Decode a reply frame (an object or a batch) from either dialect; ValueError when malformed."""
     try:
         value = orjson.loads(text)

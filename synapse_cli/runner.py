@@ -23,7 +23,7 @@ from typing import Any
 from synapse_cli.builtins import default_registry
 from synapse_cli.logs import SafeLogFilter, log_config
 from synapse_cli.registry import Registry
-from synapse_cli.server import Settings, bind_socket, create_app
+from synapse_cli.server import Settings, create_app
 from synapse_cli.transport import deadline_protocol, websocket_protocol
 
 __all__ = ["LoadError", "load_registry", "serve", "serve_reload", "serve_workers"]
@@ -124,7 +124,6 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
         uvicorn_errors.addFilter(SafeLogFilter())
     config = uvicorn.Config(
         app,
-        interface="asgi3",
         http=deadline_protocol(settings.handshake_timeout),
         ws=websocket_protocol(),
         ws_max_size=settings.max_message_size,
@@ -150,20 +149,15 @@ def serve(registry: Registry, settings: Settings, *, sock: socket.socket, versio
 
 def _worker(target: str | None, settings: Settings, sock: socket.socket, version: str) -> None:
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards one SIGTERM
-    if _holds_port_only(sock):  # each worker listens itself: the kernel balances connections between them
-        sock = bind_socket(settings.host, settings.port, reuse_port=True)
     serve(load_registry(target), settings, sock=sock, version=version)
 
 
-def _holds_port_only(sock: socket.socket) -> bool:
-    """True for a socket bound with SO_REUSEPORT that does not listen (see ``server.bind_socket``)."""
-    if not hasattr(socket, "SO_REUSEPORT") or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
-        return False
-    return not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+def serve_workers(target: str | None, settings: Settings, *, sockets: list[socket.socket], version: str = "0") -> None:
+    """Run ``settings.workers`` processes; restart any that dies; forward SIGTERM/SIGINT.
 
-
-def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:
-    """Run ``settings.workers`` processes on one socket; restart any that dies; forward SIGTERM/SIGINT."""
+    Worker ``i`` serves ``sockets[i % len(sockets)]`` (``server.bind_sockets``: one each where the kernel
+    balances them); a restarted worker gets its predecessor's socket, connections waiting in it included.
+    """
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     import tempfile
 
@@ -176,7 +170,8 @@ def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket
     context = multiprocessing.get_context("spawn")
     stopping = False
 
-    def start() -> Any:
+    def start(index: int) -> Any:
+        sock = sockets[index % len(sockets)]
         process = context.Process(target=_worker, args=(target, settings, sock, version), daemon=False)
         process.start()
         return process
@@ -188,7 +183,7 @@ def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)  # a second signal forwarded = stop now
 
-    workers = [start() for _ in range(settings.workers)]
+    workers = [start(index) for index in range(settings.workers)]
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while workers:
@@ -196,7 +191,7 @@ def serve_workers(target: str | None, settings: Settings, *, sock: socket.socket
                 if process.exitcode is not None and not stopping:
                     logger.warning("worker %s exited with %s; restarting it", process.pid, process.exitcode)
                     multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
-                    workers[index] = start()
+                    workers[index] = start(index)
             if stopping:
                 for process in workers:
                     process.join()

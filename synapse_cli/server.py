@@ -37,6 +37,7 @@ __all__ = [
     "ServerState",
     "balanced_ports",
     "bind_socket",
+    "bind_sockets",
     "create_app",
     "is_loopback",
 ]
@@ -253,9 +254,15 @@ class Connection:
         Only while nothing is queued before it and the socket takes writes (the server checks both),
         and while a slot is free (backpressure as in :meth:`serve`).
         """
-        if self._closed or len(self.pending) >= self.settings.max_inflight:
+        # The loop holds a message while it waits for a slot: later ones must not overtake it.
+        if self._closed or self._slot_freed is not None or len(self.pending) >= self.settings.max_inflight:
             return False
-        unsent = self._answer(text, now=False)  # the server writes the replies to one read together
+        try:
+            unsent = self._answer(text, now=False)  # the server writes the replies to one read together
+        except Exception:  # a bug of ours: never silent, and the peer gets a close frame
+            logger.exception("connection handler failed")
+            self._track(asyncio.ensure_future(self.close(1011)), _Pending(batch=True), None)
+            return True
         if unsent is not None:  # closing meanwhile, or the socket filled up: the async way, in a task
             self._track(asyncio.ensure_future(self.send(unsent)), _Pending(batch=True), None)
         return True
@@ -564,11 +571,27 @@ class _WebSocketFirst:
         self.app = app
         self.state = app.state  # app.state.synapse: the ServerState
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # Not a coroutine itself (one frame fewer per connection): run it with interface="asgi3".
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":
-            return self.endpoint(scope, receive, send)
-        return self.app(scope, receive, send)  # type: ignore[no-any-return]
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """Listening sockets for ``count`` workers: one each on one port where the kernel balances them.
+
+    On Linux (SO_REUSEPORT) the kernel spreads new connections evenly over the sockets; elsewhere the
+    workers share one socket, and whichever wakes first accepts. A port another process listens on
+    fails here as it would without workers.
+    """
+    if count < 2 or not balanced_ports():
+        return [bind_socket(host, port)]
+    if port:
+        bind_socket(host, port).close()  # in use (even by a SO_REUSEPORT group): OSError now
+    first = bind_socket(host, port, reuse_port=True)
+    port = first.getsockname()[1]
+    return [first, *(bind_socket(host, port, reuse_port=True) for _ in range(count - 1))]
 
 
 def balanced_ports() -> bool:
@@ -576,11 +599,10 @@ def balanced_ports() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def bind_socket(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """Bind the listening socket ourselves: the real port is known before serving (port 0 works).
 
-    ``reuse_port``: other sockets of ours may bind the same port (SO_REUSEPORT, one per worker); a
-    socket bound only to hold the port for them does not ``listen``, so it is never given connections.
+    ``reuse_port``: more sockets of ours listen on the same port (SO_REUSEPORT, one per worker).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -592,7 +614,6 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False, listen: bool 
     except OSError:
         sock.close()
         raise
-    if listen:
-        sock.listen(2048)
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock

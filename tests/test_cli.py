@@ -516,11 +516,21 @@ def test_missing_tls_files_are_usage_errors(cli_env: dict[str, str], args: list[
         (["bench", "-n", "0"], "Input should be greater than or equal to 1 (see 'synapse bench run --help')"),
         (["call", "echo", "--timeout", "x"], "Invalid value for '--timeout': Input should be a valid number"),
         (["call", "echo", "--timeout", "0"], "Input should be greater than or equal to 0.001"),
+        (["call", "echo", "--timeout", "nan"], "Invalid value for '--timeout': Input should be a finite number"),
         (["serve", "--port", "70000"], "Invalid value for '--port': Input should be less than or equal to 65535"),
         (["call", "echo", "--cafile", "/nonexistent/ca.pem"], "file '/nonexistent/ca.pem' does not exist."),
         (["call", "echo", "--cafile", "/"], "file '/' is a directory."),
     ],
-    ids=["int-not-a-number", "int-below-min", "float-not-a-number", "float-below-min", "above-max", "no-file", "dir"],
+    ids=[
+        "int-not-a-number",
+        "int-below-min",
+        "float-not-a-number",
+        "float-below-min",
+        "float-nan",
+        "above-max",
+        "no-file",
+        "dir",
+    ],  # fmt: skip
 )
 def test_option_values_are_checked(cli_env: dict[str, str], args: list[str], message: str) -> None:
     """Numbers, ranges and files given to options are checked before anything runs: one line, exit 2."""

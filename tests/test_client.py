@@ -619,3 +619,55 @@ async def test_reconnect_does_not_retry_final_refusals(make_server, status: int)
         refuser.close()
         await refuser.wait_closed()
         await client.close()
+
+
+async def test_a_call_is_a_future_and_a_coroutine(server: RunningServer) -> None:
+    """call() gives what gather, create_task, TaskGroup-style code and wait_for all accept."""
+    async with Client(server.url, timeout=5) as client:
+        assert await asyncio.create_task(client.call("add_numbers", 1, 2)) == 3
+        assert await asyncio.gather(client.call("echo", "a"), client.call("echo", "b")) == ["a", "b"]
+        assert await asyncio.wait_for(client.call("add_numbers", 2, 2), 5) == 4
+        assert await client.call("add_numbers", 3, 3) == 6
+
+
+async def test_call_errors_surface_where_the_call_is_awaited(server: RunningServer) -> None:
+    """Arguments JSON cannot carry, or positional and named together: raised on await, so gather collects them."""
+    async with Client(server.url, timeout=5) as client:
+        results = await asyncio.gather(
+            client.call("echo", float("nan")), client.call("echo", 1, value=2), client.call("echo", "ok"),
+            return_exceptions=True,
+        )  # fmt: skip
+    assert type(results[0]) is ValueError and type(results[1]) is TypeError and results[2] == "ok"
+
+
+async def test_infinite_timeout_waits_and_nan_is_refused(server: RunningServer) -> None:
+    """timeout=math.inf means no limit (as None); NaN or a non-positive timeout is a ValueError at once."""
+    import math
+
+    async with Client(server.url, timeout=math.inf) as client:
+        assert await client.call("sleep", 0.05) == 0.05
+        assert await client.request("echo", [1], timeout=math.inf) == 1
+        with pytest.raises(ValueError):
+            await client.request("echo", [1], timeout=float("nan"))
+    for bad in (float("nan"), 0, -1):
+        with pytest.raises(ValueError):
+            Client(server.url, timeout=bad)
+
+
+def test_sync_client_from_another_thread(server: RunningServer) -> None:
+    """run_coroutine_threadsafe(client.call(...)) from a thread that is not the loop's still works."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        client = Client(server.url, timeout=5)
+        asyncio.run_coroutine_threadsafe(client.connect(), loop).result(10)
+        call = client.call("add_numbers", 5, 6)
+        assert asyncio.run_coroutine_threadsafe(call, loop).result(10) == 11  # type: ignore[arg-type]
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

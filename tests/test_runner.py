@@ -170,3 +170,24 @@ def test_workers_get_a_fair_share_of_connections(cli_env: dict[str, str]) -> Non
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.communicate(timeout=20)
+
+
+@pytest.mark.slow
+def test_a_second_server_on_a_port_with_workers_fails(cli_env: dict[str, str]) -> None:
+    """Workers listen with SO_REUSEPORT, yet a second `serve --workers 2` on their port fails as usual."""
+    process, pid = two_workers(cli_env)
+    try:
+        both_started(pid)
+        port = process.args[process.args.index("--port") + 1]  # type: ignore[union-attr]
+        second = subprocess.run(
+            [synapse_executable(), "serve", "--port", str(port), "--workers", "2"],
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            timeout=30,
+        )
+        assert second.returncode == 1
+        assert second.stderr.strip().startswith(f"synapse: error: cannot listen on 127.0.0.1:{port}")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=20)

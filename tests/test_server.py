@@ -945,3 +945,15 @@ def test_jsonrpc_keeps_a_functions_own_message_for_standard_codes(server: Any) -
         reply = exchange(ws, {"jsonrpc": "2.0", "id": 1, "method": "sleep", "params": [-1]})
     assert reply["error"]["code"] == -32602
     assert reply["error"]["message"] == "seconds must be between 0 and 60"
+
+
+def test_the_app_is_asgi3_for_any_server() -> None:
+    """uvicorn (and others) detect the app's interface from `async def __call__`: ASGI 3, not 2."""
+    import uvicorn
+
+    from synapse_cli.builtins import default_registry
+    from synapse_cli.server import create_app
+
+    config = uvicorn.Config(create_app(default_registry()), log_level="warning")
+    config.load()
+    assert config.interface == "asgi3"
