@@ -1,4 +1,4 @@
-"""The client's own frame paths (client.py: ``_ClientFrames``, ``_fast_connection``, ``_Deadlines``) on the wire.
+"""The client's own frame paths (wire.py: ``ClientFrames``, ``fast_connection``; client.py: ``_Deadlines``) on the wire.
 
 The server here is a hand-written one on 127.0.0.1: it does the opening handshake itself, unmasks and checks
 every frame the client sends, and writes server frames byte for byte as each test needs (split, coalesced,
