@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from servers import free_port, pinned
 
 HERE = Path(__file__).parent
 CONNECTIONS, WINDOW = 8, 16
@@ -41,19 +41,6 @@ class Row:
 
     name: str
     calls_per_s: float | None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pinned(core: int) -> list[str]:
-    """A taskset prefix when pinning is possible (2+ cores and taskset installed)."""
-    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
-        return ["taskset", "-c", str(core)]
-    return []
 
 
 def bare_picows(url: str, seconds: float) -> float:
