@@ -176,15 +176,6 @@ def _scan_error(text: str) -> str | None:
     return None
 
 
-def parse_json(text: str | bytes) -> tuple[Any, str | None]:
-    """Parse one JSON value strictly: (value, None), or (None, reason) for a -32700."""
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        return None, f"parse error: {exc}"
-    return _checked(text, value)
-
-
 def _checked(text: str | bytes, value: Any) -> tuple[Any, str | None]:
     """``value`` as orjson parsed it from ``text``, or (None, reason) when the spec refuses it."""
     if not isinstance(text, str):
