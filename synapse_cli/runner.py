@@ -6,25 +6,30 @@ concerns); this one owns processes, signals and imports of user code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import logging.config
+import math
 import multiprocessing
 import os
 import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
 from synapse_cli.builtins import default_registry
+from synapse_cli.connection import CLOSE_GRACE
 from synapse_cli.logs import SafeLogFilter, log_config
 from synapse_cli.registry import Registry
 from synapse_cli.server import Settings, create_app
-from synapse_cli.transport import deadline_protocol, websocket_protocol
+from synapse_cli.transport import CLOSE_TIMEOUT, guarded_http_protocol, websocket_protocol
 
 __all__ = ["LoadError", "load_registry", "serve", "serve_reload", "serve_workers"]
 
@@ -94,29 +99,13 @@ def load_registry(target: str | None) -> Registry:
 
 
 def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any:
+    """A stock ``uvicorn.Server`` for ``registry``, with our protocols plugged into its public ``Config``.
+
+    The drain of SPEC §2 is uvicorn's own graceful shutdown: it stops accepting, calls ``shutdown()``
+    on every connection (ours drain their calls for ``--grace`` seconds, then close with 1001) and waits
+    for them to close.
+    """
     import uvicorn
-
-    class DrainingServer(uvicorn.Server):
-        """uvicorn's server, with SPEC §2's drain in front of its own shutdown."""
-
-        drain_requested = False
-        drain_task: Any = None
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if self.drain_requested:  # a second signal: stop now
-                self.should_exit = self.force_exit = True
-            self.drain_requested = True  # not re-raised at exit: a graceful stop exits 0
-
-        async def on_tick(self, counter: int) -> bool:
-            if self.drain_requested and self.drain_task is None and not self.should_exit:
-                import asyncio
-
-                for server in getattr(self, "servers", []):
-                    server.close()  # stop accepting connections
-                self.drain_task = asyncio.ensure_future(app.state.synapse.drain())
-            if self.drain_task is not None and self.drain_task.done():
-                return True
-            return await super().on_tick(counter)
 
     app = create_app(registry, settings, version=version)
     uvicorn_errors = logging.getLogger("uvicorn.error")
@@ -124,27 +113,50 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
         uvicorn_errors.addFilter(SafeLogFilter())
     config = uvicorn.Config(
         app,
-        http=deadline_protocol(settings.handshake_timeout),
-        ws=websocket_protocol(),
-        ws_max_size=settings.max_message_size,
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ping_interval or None,
-        ws_ping_timeout=settings.ping_timeout or None,
+        http=guarded_http_protocol(settings.handshake_timeout),
+        ws=websocket_protocol(app.state.synapse),
         lifespan="off",
         log_config=log_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         ssl_certfile=settings.certfile,
         ssl_keyfile=settings.keyfile,
         server_header=False,
-        timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=math.ceil(settings.grace + CLOSE_GRACE + CLOSE_TIMEOUT + 1),
     )
-    return DrainingServer(config)
+    return uvicorn.Server(config)
 
 
-def serve(registry: Registry, settings: Settings, *, sock: socket.socket, version: str = "0") -> None:
-    """Serve ``registry`` on the bound socket ``sock`` in this process until SIGINT/SIGTERM."""
+@contextlib.contextmanager
+def _signals_counted() -> Iterator[list[int]]:
+    """Record SIGINT/SIGTERM instead of dying of them once uvicorn hands them back after its shutdown.
+
+    uvicorn re-raises the signals it handled to the handlers it found: ours count them, so a
+    graceful stop exits 0 and a forced one (a second Ctrl-C) can say so.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda sig, frame: received.append(sig)) for sig in _STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def serve(registry: Registry, settings: Settings, *, sock: socket.socket, version: str = "0") -> bool:
+    """Serve ``registry`` on the bound socket ``sock`` in this process until SIGINT/SIGTERM.
+
+    Returns True after a graceful stop, False when a second signal forced it.
+    """
     server = _uvicorn_server(registry, settings, version)
-    server.run(sockets=[sock])
+    with _signals_counted():
+        server.run(sockets=[sock])
+    return not server.force_exit
 
 
 def _worker(target: str | None, settings: Settings, sock: socket.socket, version: str) -> None:

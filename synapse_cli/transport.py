@@ -1,256 +1,442 @@
-"""The uvicorn protocols ``synapse serve`` runs: uvicorn's own, tuned for many small messages.
+"""The socket side of ``synapse serve`` under uvicorn, through uvicorn's public protocol settings.
 
-* :func:`deadline_protocol`: uvicorn's HTTP protocol, dropping a connection whose handshake does not
-  arrive within ``--handshake-timeout``.
-* :func:`websocket_protocol`: uvicorn's ``websockets-sansio`` WebSocket protocol, with
+* :func:`websocket_protocol` makes the class given as ``uvicorn.Config(ws=...)``: our own WebSocket
+  protocol. The handshake, the closing handshake, control frames and fragmented messages go to
+  ``websockets``' public sans-I/O :class:`~websockets.server.ServerProtocol`; complete unfragmented
+  text frames, nearly every message, take a short path through our frame codec (``frames.py``)
+  straight to the connection's :class:`~synapse_cli.connection.Connection`. Replies written during one
+  read, or one loop iteration, leave in one ``write``.
+* :func:`guarded_http_protocol` makes the class given as ``uvicorn.Config(http=...)``: uvicorn's own
+  HTTP protocol (the documented ``auto`` choice), held rather than subclassed, with a deadline on
+  every request's headers and a bound on their size, so a silent or trickling peer cannot hold a
+  connection or memory.
 
-  - writes of one event-loop iteration coalesced into one syscall (:class:`_CoalescingTransport`);
-  - the :data:`~synapse_cli.server.DIRECT_EXTENSION` ASGI extension: take a queued message and write
-    a text frame as plain calls, without a coroutine, a dict and a ``bytes -> str -> bytes`` round trip
-    per message;
-  - up to :data:`READ_AHEAD` messages read ahead of the app, instead of uvicorn's pause and resume
-    of the socket around every message;
-  - a lean idle connection: a single-reader inbox instead of an ``asyncio.Queue`` (three deques), and
-    the handshake's request, response and headers dropped once the connection is accepted.
-
-Split from ``runner.py`` (processes, signals, user code) on purpose: this module is the socket side of
-the server. Each measured change is in benchmarks/README.md.
+Everything a peer can make the server hold is bounded where the bytes arrive: one frame by
+``--max-message-size`` (before its payload is read), a fragmented message by its size, its number of
+fragments and a deadline, pongs and replies by the transport's flow control (we stop reading while the
+peer does not read).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import itertools
 import logging
+import os
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-__all__ = ["READ_AHEAD", "deadline_protocol", "websocket_protocol"]
+from websockets.frames import Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-READ_AHEAD = 16  # messages a connection may have received and not yet handed to the app
+from synapse_cli.connection import Connection
+from synapse_cli.frames import OP_TEXT, FrameError, FrameReader, frame_header
+from synapse_cli.logs import SafeLogFilter
+
+if TYPE_CHECKING:
+    from synapse_cli.server import ServerState
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "MAX_FRAGMENTS",
+    "MAX_HEADER_BYTES",
+    "guarded_http_protocol",
+    "websocket_protocol",
+]
 
 logger = logging.getLogger("synapse.server")
+# websockets' own debug lines (handshake headers, frames): through the filter that keeps tokens and
+# payloads out of the log.
+wire_logger = logging.getLogger("synapse.wire")
+wire_logger.addFilter(SafeLogFilter())
+
+CLOSE_TIMEOUT = 2.0  # seconds a peer gets to answer our close frame before the TCP connection is closed
+MAX_FRAGMENTS = 1024  # frames one fragmented message may take, empty ones included
+MAX_HEADER_BYTES = 64 * 1024  # an HTTP request's head (request line + headers)
+
+_OPEN = State.OPEN
+_numbers = itertools.count(1)
 
 
-def deadline_protocol(timeout: float) -> Any:
-    """uvicorn's HTTP protocol, dropping a connection whose handshake request is not in after ``timeout``."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+class _WebSocket:
+    """One WebSocket connection under uvicorn: handshake, frames, flow control, close, drain."""
 
-    class DeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            # A weak reference: after an upgrade this protocol is gone from the transport, and the
-            # timer must not keep it (its parser, its request) alive until the deadline.
-            self._deadline = self.loop.call_later(timeout, _expire, weakref.ref(self))
+    state: ServerState  # set on the class :func:`websocket_protocol` makes
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._deadline.cancel()
-            super().connection_lost(exc)
+    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
+        settings = self.state.settings
+        self.server_state = server_state  # uvicorn's: its shutdown calls our ``shutdown``
+        self.loop = _loop or asyncio.get_running_loop()
+        self.ws = ServerProtocol(max_size=settings.max_message_size, logger=wire_logger)
+        self.reader = FrameReader(masked=True, max_size=settings.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.connection: Connection | None = None
+        self.peer = ""
+        self._out: list[bytes] = []  # written this iteration, not flushed yet
+        self._flush_soon = False
+        self._writable = True
+        self._saturated = False
+        self._reading = True
+        self._fragments: bytearray | None = None  # a fragmented text message being assembled
+        self._fragment_count = 0
+        self._timers: list[asyncio.TimerHandle] = []
+        self._ping: bytes | None = None  # the keepalive ping waiting for its pong
+        self._closing = False
 
-        def handle_websocket_upgrade(self, *args: Any) -> None:
-            self._deadline.cancel()  # the handshake arrived in time (both uvicorn HTTP protocols call this)
-            super().handle_websocket_upgrade(*args)
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
 
-    def _expire(reference: weakref.ref[Any]) -> None:
-        protocol = reference()
-        if protocol is None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server_state.connections.add(self)
+        client = transport.get_extra_info("peername")
+        if isinstance(client, tuple):
+            self.peer = f"{client[0]}:{client[1]}"
+
+    def data_received(self, data: bytes) -> None:
+        if self.connection is None:
+            if not self._closing:
+                self._handshake(data)
+        else:
+            self._frames(data)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        for timer in self._timers:
+            timer.cancel()
+        self._closing = True
+        connection = self.connection
+        if connection is not None:
+            self.state.disconnect(connection)
+            logger.debug("connection closed", extra={"connection": connection.number, "peer": self.peer})
+
+    def pause_writing(self) -> None:
+        self._writable = False
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        self._set_reading()
+
+    # -- uvicorn -----------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """uvicorn is shutting down: drain the calls (``--grace``), then close with 1001."""
+        self.state.draining = True
+        if self.connection is None or self.ws.state is not _OPEN:
+            self._close_transport()
             return
-        transport = protocol.transport
-        # Still the transport's protocol (not upgraded) and no request ever completed its headers.
-        if transport.get_protocol() is protocol and protocol.cycle is None and not transport.is_closing():
-            logger.info("dropping a connection whose request did not arrive within %g s", timeout)
-            transport.close()
+        task = self.loop.create_task(self._drain(self.connection))
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
 
-    return DeadlineProtocol
+    async def _drain(self, connection: Connection) -> None:
+        await connection.drain(self.state.settings.grace)
+        self.close(1001)
 
+    # -- the handshake -----------------------------------------------------------------------------
 
-class _CoalescingTransport:
-    """A transport whose writes made in one event-loop iteration leave in one syscall.
+    def _handshake(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        events = ws.events_received()
+        if not events:
+            if ws.handshake_exc is not None:  # not a valid HTTP request: websockets sends nothing
+                self._out.append(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                self._closing = True
+            return
+        request = events[0]
+        assert isinstance(request, Request)
+        refusal = self.state.refusal(urlsplit(request.path).path, list(request.headers.raw_items()))
+        if refusal is not None:
+            status, text = refusal
+            response = ws.reject(status, text + "\n")
+            if status == 401:
+                response.headers["WWW-Authenticate"] = "Bearer"
+        else:
+            response = ws.accept(request)
+        if "Server" in response.headers:
+            del response.headers["Server"]
+        ws.send_response(response)
+        self._take_output()
+        if ws.state is _OPEN:
+            self._open()
 
-    A pipelined client gets many replies per iteration; uvicorn writes each WebSocket frame on its own,
-    and those ``send`` syscalls were a third of the server's time. Everything but ``write`` is the
-    real transport's; ``close`` flushes first, so nothing written is lost or reordered.
-    """
+    def _open(self) -> None:
+        number = next(_numbers)
+        self.connection = self.state.connect(self, number=number, peer=self.peer)
+        logger.debug("connection open", extra={"connection": number, "peer": self.peer})
+        settings = self.state.settings
+        if settings.ping_interval > 0:
+            self._later(settings.ping_interval, self._keepalive)
 
-    __slots__ = ("_transport", "_loop", "_buffer")
+    # -- frames in ---------------------------------------------------------------------------------
 
-    def __init__(self, transport: Any, loop: Any) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._buffer: list[bytes] = []
+    def _frames(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        connection = self.connection
+        assert connection is not None
+        for frame in frames:
+            if frame.opcode == OP_TEXT and frame.fin and self._fragments is None and self.ws.state is _OPEN:
+                try:
+                    text = frame.payload.decode()
+                except UnicodeDecodeError:
+                    self._fail(1007, "invalid UTF-8 in a text message")
+                    return
+                connection.receive(text)
+            elif not self._to_websockets(frame.raw):
+                return
+
+    def _to_websockets(self, raw: bytes) -> bool:
+        """A frame for websockets' rules (control, fragment, binary); False once the connection failed."""
+        ws = self.ws
+        ws.receive_data(raw)
+        for event in ws.events_received():
+            opcode = getattr(event, "opcode", None)
+            if opcode is Opcode.BINARY:
+                self._fail(1003, "binary messages are not supported")
+                return False
+            if opcode is Opcode.TEXT or opcode is Opcode.CONT:
+                if not self._assemble(bytes(event.data), opcode is Opcode.TEXT, event.fin):  # type: ignore[union-attr]
+                    return False
+            elif opcode is Opcode.PONG and event.data == self._ping:  # type: ignore[union-attr]
+                self._ping = None
+        self._take_output()
+        return ws.state is not State.CLOSED
+
+    def _assemble(self, data: bytes, first: bool, fin: bool) -> bool:
+        """Collect a fragmented text message; hand it on whole. False once the connection failed."""
+        if first:
+            self._fragments, self._fragment_count = bytearray(), 0
+            self._later(self.state.settings.handshake_timeout, self._message_late, self._fragments)
+        fragments = self._fragments
+        assert fragments is not None  # websockets refuses a continuation with no message started
+        fragments += data
+        self._fragment_count += 1
+        if self._fragment_count > MAX_FRAGMENTS:
+            self._fail(1009, f"message in more than {MAX_FRAGMENTS} fragments")
+            return False
+        if not fin:
+            return True
+        self._fragments = None
+        try:
+            text = fragments.decode()
+        except UnicodeDecodeError:
+            self._fail(1007, "invalid UTF-8 in a text message")
+            return False
+        assert self.connection is not None
+        self.connection.receive(text)
+        return True
+
+    def _message_late(self, fragments: bytearray) -> None:
+        if self._fragments is fragments:
+            self._fail(1008, "fragmented message not completed in time")
+            self._flush()
+
+    # -- frames out --------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if not self._buffer:
-            self._loop.call_soon(self.flush)
-        self._buffer.append(data)
+        """One text message to the peer (the Link of our :class:`Connection`)."""
+        if self.ws.state is not _OPEN or self._closing:
+            return
+        out = self._out
+        out.append(frame_header(OP_TEXT, len(data)))
+        out.append(data)
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._flush)
 
-    def flush(self) -> None:
-        if self._buffer:
-            data = b"".join(self._buffer)
-            self._buffer.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
+    def update_reading(self, saturated: bool) -> None:
+        """Stop reading while calls wait for a slot (the Link of our :class:`Connection`)."""
+        if saturated is not self._saturated:
+            self._saturated = saturated
+            self._set_reading()
 
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class _Inbox:
-    """The messages a connection received and its app has not read yet: one reader, no size limit.
-
-    What uvicorn uses of ``asyncio.Queue``, without its three deques and their blocks (about 2 KiB
-    per idle connection): the deque exists only while messages wait.
-    """
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: collections.deque[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: Any) -> None:
-        if self._items is None:
-            self._items = collections.deque()
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def get_nowait(self) -> Any:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
-        return item
-
-    async def get(self) -> Any:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self.get_nowait()
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def qsize(self) -> int:
-        return len(self._items) if self._items else 0
-
-
-def _frame_header(size: int) -> bytes:
-    """The header of a server's unfragmented text frame (RFC 6455 §5.2: FIN, opcode 1, no mask)."""
-    if size < 126:
-        return bytes((0x81, size))
-    if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big")
-    return b"\x81\x7f" + size.to_bytes(8, "big")
-
-
-def websocket_protocol() -> Any:
-    """uvicorn's websockets-sansio protocol with coalesced writes, direct calls and lean idle connections."""
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-    from websockets.protocol import State
-
-    from synapse_cli.server import DIRECT_EXTENSION
-
-    class SynapseWebSocketProtocol(WebSocketsSansIOProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.queue = _Inbox()  # type: ignore[assignment]
-            self.text_handler: Any = None
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
-
-        def handle_connect(self, event: Any) -> None:
-            super().handle_connect(event)
-            scope: Any = getattr(self, "scope", None)  # set when the handshake goes to the app
-            if scope is not None:
-                direct = {"receive_nowait": self.receive_nowait, "send_text": self.send_text, "on_text": self.on_text}
-                scope["extensions"][DIRECT_EXTENSION] = direct
-
-        async def send(self, message: Any) -> None:
-            await super().send(message)
-            if message["type"] == "websocket.accept" and self.handshake_complete:
-                # The handshake is over: what only it needed goes, so an idle connection keeps less.
-                self.request = self.response = None  # type: ignore[assignment]
-                self.scope["headers"] = []
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            # The replies to what this read held leave together, and now.
-            self.transport.flush()  # type: ignore[attr-defined]
-
-        def on_text(self, handler: Any) -> None:
-            """The app's handler(text) -> bool for text messages as they arrive (None: queue them all)."""
-            self.text_handler = handler
-
-        def send_receive_event_to_app(self) -> None:
-            # The app takes the message on the spot when nothing is queued before it and the socket
-            # takes writes: no queue, no task to wake (a sequential caller's reply leaves sooner).
-            handler = self.text_handler
-            if (
-                handler is not None
-                and self.curr_msg_data_type == "text"
-                and self.queue.empty()
-                and self.writable.is_set()
-                and not self.close_sent
-            ):
-                data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-                try:
-                    text = data.decode()
-                except UnicodeDecodeError:
-                    text = None  # uvicorn's own path closes with 1007
-                if text is not None and handler(text):
-                    self.frames = []
-                    return
-            # uvicorn stops reading the socket after every message until the app takes it: two
-            # epoll changes per message, on a sequential caller's critical path. Read ahead up to
-            # READ_AHEAD messages instead; past that the socket waits (backpressure as before).
-            paused, self.read_paused = self.read_paused, True  # keeps uvicorn from pausing
-            super().send_receive_event_to_app()
-            self.read_paused = paused
-            if not paused and self.queue.qsize() >= READ_AHEAD:
-                self.read_paused = True
+    def _set_reading(self) -> None:
+        """Read while the peer reads our replies and a call slot is free; else let TCP push back."""
+        want = self._writable and not self._saturated
+        if want is not self._reading and self.transport is not None and not self.transport.is_closing():
+            self._reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
                 self.transport.pause_reading()
 
-        async def receive(self) -> Any:
-            # The app wants more input and none is waiting: what it wrote so far goes out now, not
-            # one loop iteration later (sequential calls get their reply without that delay).
-            if self.queue.empty():
-                self.transport.flush()  # type: ignore[attr-defined]
-            return await super().receive()
+    def _take_output(self) -> None:
+        """What websockets wants sent (handshake response, pongs, close): after our queued frames."""
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self._out.append(chunk)
+            else:  # websockets' end of stream: close the TCP connection once written
+                self._closing = True
+        if self.ws.close_expected() and not self._closing:
+            self._later(CLOSE_TIMEOUT, self._close_transport)
 
-        def receive_nowait(self) -> Any:
-            """The next queued message, or None (then the app awaits ``receive``)."""
-            if self.queue.empty():
-                return None
-            message = self.queue.get_nowait()
-            if self.read_paused and self.queue.empty():  # what uvicorn's receive does
-                self.read_paused = False
-                self.transport.resume_reading()
-            return message
+    def _flush(self) -> None:
+        self._flush_soon = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._out.clear()
+            return
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            transport.write(data)
+        if self._closing:
+            transport.close()
 
-        def send_text(self, data: bytes, now: bool = False) -> bool:
-            """Write ``data`` (UTF-8) as one text frame; False when the ASGI send must be used.
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; the peer has ``CLOSE_TIMEOUT`` seconds to answer."""
+        if self.ws.state is _OPEN:
+            self.ws.send_close(code, reason)
+            self._take_output()
+        self._flush()
 
-            The frame leaves with the others of this loop iteration, or at once when ``now`` and no
-            other message of this connection waits (a sequential caller is not kept waiting).
-            """
-            if not (self.handshake_complete and self.writable.is_set()) or self.close_sent or self.disconnected:
-                return False  # not open yet, closing, or flow control says wait
-            if self.conn.state is not State.OPEN:
-                return False
-            self.transport.write(_frame_header(len(data)))
-            self.transport.write(data)
-            if now and self.queue.empty():
-                self.transport.flush()  # type: ignore[attr-defined]
-            return True
+    def _fail(self, code: int, reason: str) -> None:
+        logger.info("closing connection with %d: %s", code, reason, extra={"peer": self.peer, "code": code})
+        self.ws.fail(code, reason)
+        self._take_output()
 
-    return SynapseWebSocketProtocol
+    def _close_transport(self) -> None:
+        self._closing = True
+        self._flush()
+
+    # -- timers ------------------------------------------------------------------------------------
+
+    def _later(self, delay: float, callback: Any, *args: Any) -> None:
+        self._timers = [timer for timer in self._timers if not timer.cancelled()]
+        self._timers.append(self.loop.call_later(delay, callback, *args))
+
+    def _keepalive(self) -> None:
+        """Ping every ``--ping-interval``; no pong within ``--ping-timeout`` closes with 1011."""
+        if self.ws.state is not _OPEN:
+            return
+        settings = self.state.settings
+        if self._ping is not None:
+            self._fail(1011, "keepalive ping timeout")
+            self._flush()
+            return
+        self._ping = os.urandom(4)
+        self.ws.send_ping(self._ping)
+        self._take_output()
+        self._flush()
+        timeout = settings.ping_timeout or settings.ping_interval
+        self._later(timeout, self._pong_due, self._ping)
+        self._later(settings.ping_interval, self._keepalive)
+
+    def _pong_due(self, ping: bytes) -> None:
+        if self._ping == ping and self.ws.state is _OPEN:
+            self._fail(1011, "keepalive ping timeout")
+            self._flush()
+
+
+def websocket_protocol(state: ServerState) -> type[Any]:
+    """The class for ``uvicorn.Config(ws=...)``: our WebSocket protocol, serving ``state``."""
+    return type("SynapseWebSocket", (_WebSocket, asyncio.Protocol), {"state": state})
+
+
+class _GuardedHTTP(asyncio.Protocol):
+    """uvicorn's HTTP protocol, with a deadline and a size bound on every request's head."""
+
+    inner_class: Any
+    deadline: float
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
+        self.inner = self.inner_class(config=config, server_state=server_state, app_state=app_state, _loop=_loop)
+        self.loop = _loop or asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._head = 0  # bytes of the request head read so far (-1: between requests)
+        self._tail = b""  # the last bytes read, to find a head's end across reads
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._arm()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._watch(data)
+        if self.transport is not None and self.transport.is_closing():
+            return
+        self.inner.data_received(data)
+        if self.transport is not None and self.transport.get_protocol() is not self:
+            self._disarm()  # upgraded to WebSocket: the request is over
+
+    def _watch(self, data: bytes) -> None:
+        """Track where each request's head ends; enforce its deadline and size."""
+        view = self._tail + data
+        position = 0
+        while position < len(view):
+            if self._head < 0:  # a new request begins
+                self._head = 0
+                self._arm()
+            end = view.find(b"\r\n\r\n", position)
+            if end < 0:
+                self._head += len(data)
+                break
+            self._head = -1  # the head is complete: what follows is a body or the next request
+            self._disarm()
+            position = end + 4
+        self._tail = view[-3:]
+        if self._head > MAX_HEADER_BYTES:
+            logger.info("refusing a request whose head exceeds %d bytes", MAX_HEADER_BYTES)
+            self._refuse(b"431 Request Header Fields Too Large")
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(self.deadline, _expire, weakref.ref(self))
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _refuse(self, status: bytes | None) -> None:
+        """Close the connection, after an HTTP ``status`` line when one is given."""
+        self._disarm()
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and transport.get_protocol() is self:
+            if status is not None:
+                transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            transport.close()
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def _expire(reference: weakref.ref[_GuardedHTTP]) -> None:
+    protocol = reference()
+    if protocol is not None:
+        logger.info("dropping a connection whose request did not arrive within %g s", protocol.deadline)
+        protocol._refuse(None)
+
+
+def guarded_http_protocol(deadline: float) -> type[Any]:
+    """The class for ``uvicorn.Config(http=...)``: uvicorn's ``auto`` HTTP protocol, guarded."""
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    inner = import_from_string(HTTP_PROTOCOLS["auto"])
+    return type("GuardedHTTPProtocol", (_GuardedHTTP,), {"inner_class": inner, "deadline": deadline})

@@ -58,7 +58,7 @@ def assert_error(result: subprocess.CompletedProcess[str], status: int, *fragmen
 
 def pending_calls(running: RunningServer) -> int:
     """Calls in flight on the server, over all its connections."""
-    return sum(len(connection.pending) for connection in list(running.state.connections))
+    return sum(len(connection.session.calls) for connection in list(running.state.connections))
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

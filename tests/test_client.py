@@ -41,7 +41,7 @@ BUILTINS = {"add_numbers", "echo", "sleep", "divide", "fail"}
 
 def pending_calls(running: RunningServer) -> int:
     """Calls in flight on the server, over all its connections."""
-    return sum(len(connection.pending) for connection in list(running.state.connections))
+    return sum(len(connection.session.calls) for connection in list(running.state.connections))
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
@@ -365,13 +365,13 @@ async def test_right_token_is_accepted(make_server: Any) -> None:
             assert await client.call("add_numbers", 1, 2) == 3
 
 
-async def test_handshake_rejected_with_403_and_503(make_server: Any) -> None:
-    """A refused handshake carries its HTTP status: 403 for a path that is not /ws, 503 past max connections."""
+async def test_handshake_rejected_with_404_and_503(make_server: Any) -> None:
+    """A refused handshake carries its HTTP status: 404 for a path that is not /ws, 503 past max connections."""
     with make_server(max_connections=1) as running:
         with pytest.raises(ConnectError) as caught:
             async with Client(running.url.replace("/ws", "/nope")):
                 pass
-        assert caught.value.status == 403
+        assert caught.value.status == 404
         async with Client(running.url) as first:
             assert await first.call("echo", 1) == 1
             with pytest.raises(ConnectError) as caught:

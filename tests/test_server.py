@@ -697,7 +697,7 @@ def test_max_inflight_bounds_running_calls(make_server: MakeServer) -> None:
             send(ws, {"id": i, "func": "tracked", "args": [tag, 0.15]})
         time.sleep(0.05)
         connection = next(iter(running.state.connections))
-        assert len(connection.pending) == 2
+        assert connection.session.running == 2
         replies = receive_by_id(ws, 10)
         elapsed = time.monotonic() - started
     assert sorted(replies) == list(range(10))
