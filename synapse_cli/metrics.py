@@ -14,12 +14,13 @@ whichever worker answers a scrape reports the whole server.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -140,7 +141,9 @@ class Metrics:
         self._shared.publish(self)
         every_worker = CollectorRegistry()
         multiprocess.MultiProcessCollector(every_worker)  # type: ignore[no-untyped-call]
-        return generate_latest(every_worker)
+        exposed = CollectorRegistry(auto_describe=False)
+        exposed.register(_Families(_with_histograms(every_worker.collect())))
+        return generate_latest(exposed)
 
 
 class _TallyCollector(Collector):
@@ -173,16 +176,60 @@ class _TallyCollector(Collector):
         return iter(())  # families are known only at scrape time
 
 
+class _Families(Collector):
+    """Families built already (the whole server's, read from every worker's files)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def _with_histograms(families: Iterable[Metric]) -> list[Metric]:
+    """The families, with the latency tallies (per-bucket counters) turned back into a histogram."""
+    out: list[Metric] = []
+    buckets: dict[str, list[float]] = {}
+    for family in families:
+        if family.name not in (_BUCKET_TALLY[0], _SUM_TALLY[0]):
+            out.append(family)
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue  # the "_created" samples of the tallies
+            function = sample.labels["function"]
+            counts = buckets.setdefault(function, [0.0] * (len(_LE) + 1))
+            if family.name == _SUM_TALLY[0]:
+                counts[-1] += sample.value
+            else:
+                counts[_LE.index(sample.labels["le"])] += sample.value
+    latency = HistogramMetricFamily(*_LATENCY, labels=["function"])
+    for function, counts in sorted(buckets.items()):
+        latency.add_metric([function], list(zip(_LE, itertools.accumulate(counts[:-1]), strict=True)), counts[-1])
+    out.append(latency)
+    return out
+
+
+_BUCKET_TALLY = ("synapse_call_latency_bucket_tally", "Per-bucket call latency counts (workers' shared tally).")
+_SUM_TALLY = ("synapse_call_latency_sum_tally", "Sum of call latencies in seconds (workers' shared tally).")
+
+
 class _Shared:
     """Multiprocess mode: a worker's tallies, moved into prometheus_client's shared values.
 
     The move happens once per event-loop iteration in which something changed (and before this
     worker renders a scrape), so a scrape answered by any worker is at most one iteration behind.
+    The latency histogram travels as plain counters (one per bucket, and the sum), which a scrape turns
+    back into the histogram: prometheus_client has no public way to add to a histogram's buckets.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.calls = Counter(*_CALLS, ["function", "outcome"], registry=registry)
-        self.latency = Histogram(*_LATENCY, ["function"], buckets=_BUCKETS, registry=registry)
+        self.buckets = Counter(*_BUCKET_TALLY, ["function", "le"], registry=registry)
+        self.sums = Counter(*_SUM_TALLY, ["function"], registry=registry)
         self.messages = Counter(*_MESSAGES, ["direction"], registry=registry)
         self.bytes = Counter(*_BYTES, ["direction"], registry=registry)
         self._published: dict[Any, float] = {}  # what is already in the shared values
@@ -204,11 +251,10 @@ class _Shared:
         for (function, outcome), total in list(metrics._calls.items()):
             self._add((function, outcome), total, self.calls.labels(function, outcome).inc)
         for function, counts in list(metrics._latency.items()):
-            # prometheus_client has no public "add n to a bucket": its per-bucket values are used directly.
-            child: Any = self.latency.labels(function)
             for index, count in enumerate(counts[:-1]):
-                self._add((function, index), count, child._buckets[index].inc)
-            self._add((function, "sum"), counts[-1], child._sum.inc)
+                if count:
+                    self._add((function, index), count, self.buckets.labels(function, _LE[index]).inc)
+            self._add((function, "sum"), counts[-1], self.sums.labels(function).inc)
         self._add("messages_in", metrics.messages_in, self.messages.labels("in").inc)
         self._add("messages_out", metrics.messages_out, self.messages.labels("out").inc)
         self._add("bytes_in", metrics.bytes_in, self.bytes.labels("in").inc)

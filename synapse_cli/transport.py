@@ -213,7 +213,7 @@ class _WebSocket:
             elif opcode is Opcode.PONG and event.data == self._ping:  # type: ignore[union-attr]
                 self._ping = None
         self._take_output()
-        return ws.state is not State.CLOSED
+        return not self._closing
 
     def _assemble(self, data: bytes, first: bool, fin: bool) -> bool:
         """Collect a fragmented text message; hand it on whole. False once the connection failed."""

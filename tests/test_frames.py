@@ -1,0 +1,103 @@
+"""frames: the RFC 6455 frame codec, bytes in and frames out (no socket)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from synapse_cli.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    FrameError,
+    FrameReader,
+    encode_frame,
+    mask_payload,
+)
+
+
+def test_masking_round_trips_for_every_length() -> None:
+    """mask_payload is its own inverse, for lengths that are and are not multiples of 4."""
+    key = b"\x01\x02\x03\xff"
+    for size in range(0, 70):
+        data = os.urandom(size)
+        assert mask_payload(mask_payload(data, key), key) == data
+    assert mask_payload(b"\x00\x00\x00\x00\x00", key) == b"\x01\x02\x03\xff\x01"
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
+def test_client_frames_read_back_on_the_server_side(size: int) -> None:
+    """A masked client frame of any length-encoding reads back whole, with its payload unmasked."""
+    payload = os.urandom(size)
+    reader = FrameReader(masked=True, max_size=2**20)
+    [frame] = reader.feed(encode_frame(OP_TEXT, payload, mask=True))
+    assert (frame.fin, frame.opcode, frame.payload, frame.size) == (True, OP_TEXT, payload, size)
+
+
+def test_websockets_parses_our_frames_exactly() -> None:
+    """An independent implementation (websockets' sans-I/O protocols) reads the frames we build."""
+    for mask, peer in (
+        (True, ServerProtocol(state=State.OPEN)),
+        (False, ClientProtocol(parse_uri("ws://x/"), state=State.OPEN)),
+    ):
+        peer.receive_data(encode_frame(OP_TEXT, "héllo ✓".encode(), mask=mask) + encode_frame(OP_PING, b"p", mask=mask))
+        frames = peer.events_received()
+        assert [(f.opcode, f.data) for f in frames] == [(Opcode.TEXT, "héllo ✓".encode()), (Opcode.PING, b"p")]  # type: ignore[union-attr]
+
+
+def test_frames_split_anywhere_are_reassembled() -> None:
+    """Fed one byte at a time, three frames come out whole and in order; nothing is held after."""
+    data = b"".join(
+        encode_frame(op, body, mask=True) for op, body in [(OP_TEXT, b"a" * 300), (OP_PING, b""), (1, b"z")]
+    )
+    reader = FrameReader(masked=True, max_size=1000)
+    frames = [frame for byte in data for frame in reader.feed(bytes([byte]))]
+    assert [(f.opcode, f.payload) for f in frames] == [(OP_TEXT, b"a" * 300), (OP_PING, b""), (OP_TEXT, b"z")]
+    assert reader.buffered == 0
+
+
+def test_raw_is_the_frame_as_received() -> None:
+    """raw holds the whole frame (header, key, masked payload) to hand on unchanged."""
+    data = encode_frame(OP_CONTINUATION, b"xyz", fin=False, mask=True)
+    [frame] = FrameReader(masked=True, max_size=10).feed(data + data[:3])
+    assert frame.raw == data and not frame.fin and frame.opcode == OP_CONTINUATION
+
+
+def test_oversized_frame_fails_before_its_payload_arrives() -> None:
+    """A header announcing 2^63 bytes fails with 1009 at once: nothing is buffered for it."""
+    header = bytes((0x81, 0xFF)) + (2**63 - 1).to_bytes(8, "big") + b"mask"
+    with pytest.raises(FrameError) as caught:
+        FrameReader(masked=True, max_size=2**20).feed(header)
+    assert caught.value.code == 1009
+
+
+@pytest.mark.parametrize(
+    ("data", "masked", "code"),
+    [
+        (encode_frame(OP_TEXT, b"x"), True, 1002),  # a client frame without a mask
+        (encode_frame(OP_TEXT, b"x", mask=True), False, 1002),  # a server frame with one
+        (bytes((0xC1, 0x80)) + b"mask", True, 1002),  # RSV1 with no extension
+        (bytes((0x83, 0x80)) + b"mask", True, 1002),  # reserved opcode 3
+        (encode_frame(OP_PING, b"p" * 126, mask=True), True, 1002),  # control frame over 125 bytes
+        (encode_frame(OP_CLOSE, b"", fin=False, mask=True), True, 1002),  # fragmented control frame
+    ],
+)
+def test_framing_violations_fail_with_their_close_code(data: bytes, masked: bool, code: int) -> None:
+    """Each violation of RFC 6455 §5 raises FrameError with the code to close with."""
+    with pytest.raises(FrameError) as caught:
+        FrameReader(masked=masked, max_size=2**20).feed(data)
+    assert caught.value.code == code
+
+
+def test_binary_frames_are_framed_like_any_other() -> None:
+    """The codec frames binary data; refusing it is the connection's decision, not the codec's."""
+    [frame] = FrameReader(masked=False, max_size=10).feed(encode_frame(OP_BINARY, b"\x00\x01"))
+    assert (frame.opcode, frame.payload) == (OP_BINARY, b"\x00\x01")
