@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import orjson
 import pydantic
 import pytest
 from hypothesis import given, settings
@@ -911,3 +912,33 @@ def test_any_text_decodes_without_raising(text: str) -> None:
 def test_any_bytes_decode_without_raising(raw: bytes) -> None:
     """Any bytes, including invalid UTF-8, yield items and never raise."""
     check_items(decode_frame(raw))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"id": "17", "op": "call", "func": "add_numbers", "args": [5, 10]}',
+        '{"jsonrpc": "2.0", "id": 17, "method": "add_numbers", "params": [1, 2]}',
+        '{"jsonrpc": "2.0", "id": "a", "method": "echo", "params": {"value": "x"}}',
+        '{"func": "add_numbers", "args": [1, 2], "id": 3}',
+    ],
+)
+def test_common_requests_take_the_one_check_path_with_the_full_paths_result(text: str) -> None:
+    """The seed's request and JSON-RPC calls decode exactly as the full path decodes them."""
+    value = orjson.loads(text)
+    fast = protocol._plain_call(value)
+    assert fast is not None
+    assert decode_frame(text).items == [fast] == [protocol._decode_item(value, protocol.JSONRPC)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"id": 1, "func": "echo", "args": [1], "args": ' + "[" * 65 + "]" * 65 + "}",
+        '{"id": 1, "func": "echo", "args": [123456789012345678901], "args": [1]}',
+    ],
+)
+def test_a_duplicated_key_does_not_skip_the_checks(text: str) -> None:
+    """A key given twice (the parser keeps the last) still gets the nesting and 64-bit checks."""
+    [item] = decode_frame(text).items
+    assert isinstance(item, Invalid) and item.error.code == protocol.PARSE_ERROR
