@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from synapse_cli.errors import RPCError
@@ -43,12 +44,30 @@ def fail(message: str = "boom") -> None:
     raise RuntimeError(message)
 
 
+async def ticks(n: int, interval: float = 0.1) -> AsyncIterator[int]:
+    """Count from 0 to n-1, one number every `interval` seconds (a stream: each number is an item)."""
+    if n < 0 or not 0 <= interval <= MAX_SLEEP_SECONDS:
+        raise RPCError(f"n must be >= 0 and interval between 0 and {MAX_SLEEP_SECONDS:g}", -32602)
+    for i in range(n):
+        yield i
+        if interval:
+            await asyncio.sleep(interval)
+
+
 def default_registry() -> Registry:
     """A fresh registry with the built-in functions."""
     registry = Registry()
+    events = registry.topic("events", description="Every value given to publish_event, as it is published.")
+
+    async def publish_event(value: Any) -> int:
+        """Publish a value to the `events` topic; returns how many subscribers it reached."""
+        return await events.publish(value)
+
     registry.add(add_numbers, inline=True)
     registry.add(echo, inline=True)
     registry.add(sleep)
     registry.add(divide, inline=True)
     registry.add(fail, inline=True)
+    registry.add(ticks)
+    registry.add(publish_event)
     return registry

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
+import threading
+from collections.abc import AsyncGenerator, Generator
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,6 +42,9 @@ class Link(Protocol):
 
     def update_reading(self, saturated: bool) -> None:
         """Stop reading from the peer while ``saturated`` (calls wait for a slot); read again after."""
+
+    async def drained(self) -> None:
+        """Return once the peer can take more (what was written is leaving, not piling up)."""
 
 
 class Connection:
@@ -79,6 +85,11 @@ class Connection:
         session.observer = self
 
     @property
+    def streams(self) -> int:
+        """Stream calls running now."""
+        return sum(1 for call in self.session.calls.values() if call.running and call.function.stream)
+
+    @property
     def saturated(self) -> bool:
         """True while calls wait for a slot: stop reading from the peer."""
         return self.session.saturated
@@ -98,7 +109,7 @@ class Connection:
 
     async def drain(self, grace: float) -> None:
         """Shutdown: refuse new calls, give running ones ``grace`` seconds, then stop them with -32003."""
-        self.session.drain()
+        self.act(self.session.drain())
         await self._wait_idle(grace)
         self.act(self.session.stop_all(protocol.SHUTTING_DOWN))
         await self._wait_idle(CLOSE_GRACE)
@@ -126,7 +137,9 @@ class Connection:
     def _start(self, start: Start) -> None:
         loop = asyncio.get_running_loop()
         function = start.function
-        if function.is_async:
+        if function.stream:
+            task = loop.create_task(self._stream(start))
+        elif function.is_async:
             task = loop.create_task(function.func(*start.args, **start.kwargs))
         else:
             call = functools.partial(function.func, *start.args, **start.kwargs)
@@ -134,10 +147,30 @@ class Connection:
         key = start.key
         self.tasks[key] = task
         task.add_done_callback(functools.partial(self._ended, key))
-        if self.call_timeout > 0:
+        if self.call_timeout > 0 and not function.stream:  # a stream lasts as long as its caller wants
             self.timers[key] = loop.call_later(self.call_timeout, self._expire, key)
         if self.metrics is not None:
             self.metrics.call_started()
+
+    async def _stream(self, start: Start) -> None:
+        """Send a generator's items as they come, taking the next only when the peer can take it."""
+        items: Any = start.function.func(*start.args, **start.kwargs)
+        source = _AsyncItems(items) if inspect.isasyncgen(items) else _ThreadItems(items, self.threads)
+        try:
+            sent = 0
+            while True:
+                value = await source.next()
+                if value is _END:
+                    return
+                self.act(self.session.item(start.key, value))
+                if self.metrics is not None:
+                    self.metrics.items_out += 1
+                sent += 1
+                if sent % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a generator that never waits must not hold the loop
+                await self.link.drained()
+        finally:
+            await source.close()
 
     def _expire(self, key: Any) -> None:
         self.timers.pop(key, None)
@@ -184,6 +217,50 @@ class Connection:
             self.metrics.protocol_errors.labels(str(code)).inc()
         fields = {"connection": self.number, "peer": self.peer, "code": code}
         self._protocol_log(logger, logging.INFO, "protocol error %d: %s", code, message, **fields)
+
+
+_END: Any = object()
+_YIELD_EVERY = 64  # items a stream sends before it lets other work run
+
+
+class _AsyncItems:
+    """An async generator's items; closing it runs its ``finally``."""
+
+    def __init__(self, generator: AsyncGenerator[Any, Any]) -> None:
+        self.generator = generator
+
+    async def next(self) -> Any:
+        try:
+            return await self.generator.__anext__()
+        except StopAsyncIteration:
+            return _END
+
+    async def close(self) -> None:
+        await self.generator.aclose()
+
+
+class _ThreadItems:
+    """A sync generator's items, each taken in the thread pool (it may block); one step at a time."""
+
+    def __init__(self, generator: Generator[Any, None, None], threads: Executor) -> None:
+        self.generator = generator
+        self.threads = threads
+        self.lock = threading.Lock()  # a cancelled step may still run: close waits for it
+
+    def _step(self) -> Any:
+        with self.lock:
+            return next(self.generator, _END)
+
+    def _close(self) -> None:
+        with self.lock:
+            self.generator.close()
+
+    async def next(self) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.threads, self._step)
+
+    async def close(self) -> None:
+        closing = asyncio.get_running_loop().run_in_executor(self.threads, self._close)
+        await asyncio.shield(closing)
 
 
 async def _in_thread(loop: asyncio.AbstractEventLoop, threads: Executor, call: functools.partial[Any]) -> Any:

@@ -14,10 +14,11 @@ whichever worker answers a scrape reports the whole server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
@@ -57,6 +58,8 @@ _CALLS = ("synapse_calls", "Calls answered, by function and outcome (ok or the e
 _LATENCY = ("synapse_call_duration_seconds", "Time from a call's arrival to its reply, by function.")
 _MESSAGES = ("synapse_messages", "WebSocket messages, by direction (in, out).")
 _BYTES = ("synapse_message_bytes", "WebSocket message payload bytes, by direction.")
+_ITEMS = ("synapse_stream_items", "Stream items sent.")
+_TOO_SLOW = ("synapse_subscribers_too_slow", "Subscribers ended with -32004 for falling behind, by topic.")
 
 
 class Metrics:
@@ -65,9 +68,17 @@ class Metrics:
     ``record``, ``received`` and ``sent`` are on every call's path: they only add to plain numbers.
     """
 
-    def __init__(self, *, connections: Callable[[], int], inflight: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        *,
+        connections: Callable[[], int],
+        inflight: Callable[[], int],
+        streams: Callable[[], int] = lambda: 0,
+        topics: Mapping[str, Any] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
+        self.items_out = 0  # stream items sent
         # (function, outcome) -> calls; function -> per-bucket counts (the last slot: above every
         # bucket), then the sum of the seconds
         self._calls: dict[tuple[str, str], int] = {}
@@ -84,13 +95,28 @@ class Metrics:
         self.inflight = Gauge(
             "synapse_inflight_calls", "Calls running now.", registry=self.registry, multiprocess_mode="livesum"
         )
+        self.streams = Gauge(
+            "synapse_open_streams", "Stream calls running now.", registry=self.registry, multiprocess_mode="livesum"
+        )
+        self.subscribers = Gauge(
+            "synapse_topic_subscribers",
+            "Subscribers of each topic now.",
+            ["topic"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.topics: Mapping[str, Any] = topics if topics is not None else {}
         self._count_connections = connections
+        self._count_streams = streams
         self._shared: _Shared | None = None
         if self.multiprocess:  # workers write on every change (refresh) and move tallies (_publish)
             self._shared = _Shared(self.registry)
         else:  # read at scrape time
             self.connections.set_function(connections)
             self.inflight.set_function(inflight)
+            self.streams.set_function(streams)
+            for name, topic in self.topics.items():
+                self.subscribers.labels(name).set_function(functools.partial(_count, topic.subscribers))
             self.registry.register(_TallyCollector(self))
 
     def received(self, text: str) -> None:
@@ -146,6 +172,10 @@ class Metrics:
         return generate_latest(exposed)
 
 
+def _count(items: Any) -> int:
+    return len(items)
+
+
 class _TallyCollector(Collector):
     """Turns a process's tallies into Prometheus families at scrape time."""
 
@@ -170,7 +200,12 @@ class _TallyCollector(Collector):
         sizes = CounterMetricFamily(*_BYTES, labels=["direction"])
         sizes.add_metric(["in"], m.bytes_in)
         sizes.add_metric(["out"], m.bytes_out)
-        yield from (calls, latency, messages, sizes)
+        items = CounterMetricFamily(*_ITEMS)
+        items.add_metric([], m.items_out)
+        too_slow = CounterMetricFamily(*_TOO_SLOW, labels=["topic"])
+        for name, topic in m.topics.items():
+            too_slow.add_metric([name], topic.too_slow)
+        yield from (calls, latency, messages, sizes, items, too_slow)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # families are known only at scrape time
@@ -232,6 +267,8 @@ class _Shared:
         self.sums = Counter(*_SUM_TALLY, ["function"], registry=registry)
         self.messages = Counter(*_MESSAGES, ["direction"], registry=registry)
         self.bytes = Counter(*_BYTES, ["direction"], registry=registry)
+        self.items = Counter(*_ITEMS, registry=registry)
+        self.too_slow = Counter(*_TOO_SLOW, ["topic"], registry=registry)
         self._published: dict[Any, float] = {}  # what is already in the shared values
         self._scheduled = False
 
@@ -259,3 +296,8 @@ class _Shared:
         self._add("messages_out", metrics.messages_out, self.messages.labels("out").inc)
         self._add("bytes_in", metrics.bytes_in, self.bytes.labels("in").inc)
         self._add("bytes_out", metrics.bytes_out, self.bytes.labels("out").inc)
+        self._add("items", metrics.items_out, self.items.inc)
+        for name, topic in metrics.topics.items():
+            self._add(("too_slow", name), topic.too_slow, self.too_slow.labels(name).inc)
+            metrics.subscribers.labels(name).set(len(topic.subscribers))
+        metrics.streams.set(metrics._count_streams())

@@ -34,6 +34,8 @@ __all__ = [
     "PARSE_ERROR",
     "SERVER_ERROR",
     "SHUTTING_DOWN",
+    "SUBSCRIBER_TOO_SLOW",
+    "BROKER_UNAVAILABLE",
     "Dialect",
     "ErrorInfo",
     "Frame",
@@ -45,6 +47,8 @@ __all__ = [
     "dump_json",
     "encode_call",
     "encode_cancel",
+    "encode_end",
+    "encode_item",
     "join_batch",
     "reply_error",
     "reply_result",
@@ -63,6 +67,8 @@ SERVER_ERROR: Final = -32000
 CALL_TIMEOUT: Final = -32001
 CANCELLED: Final = -32002
 SHUTTING_DOWN: Final = -32003
+SUBSCRIBER_TOO_SLOW: Final = -32004
+BROKER_UNAVAILABLE: Final = -32005
 
 CALL: Final = "call"
 LIST: Final = "list"
@@ -400,6 +406,26 @@ def reply_result(request_id: Any, dialect: Dialect, result: Any) -> bytes:
     if dialect == NATIVE:
         return b'{"id":' + _id_json(request_id) + b',"result":' + body + b',"error":null}'
     return b'{"jsonrpc":"2.0","result":' + body + b',"id":' + _id_json(request_id) + b"}"
+
+
+def encode_item(request_id: Any, dialect: Dialect, subscription: str | None, item: Any) -> bytes | None:
+    """One item of a stream (SPEC §5); None when JSON cannot carry it.
+
+    Native: ``{"id", "item"}``. JSON-RPC: an ``rpc.item`` notification naming the subscription.
+    """
+    body = dump_json(item)
+    if body is None:
+        return None
+    if dialect == NATIVE:
+        return b'{"id":' + _id_json(request_id) + b',"item":' + body + b"}"
+    head = b'{"jsonrpc":"2.0","method":"rpc.item","params":{"subscription":' + orjson.dumps(subscription)
+    return head + b',"item":' + body + b"}}"
+
+
+def encode_end(subscription: str, error: ErrorInfo | None) -> bytes:
+    """The ``rpc.end`` notification that closes a JSON-RPC subscription (``error`` None: it ended well)."""
+    params = {"subscription": subscription, "error": None if error is None else error.to_dict()}
+    return orjson.dumps({"jsonrpc": "2.0", "method": "rpc.end", "params": params})
 
 
 def _jsonrpc_error(error: ErrorInfo) -> dict[str, Any]:

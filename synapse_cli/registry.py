@@ -8,10 +8,12 @@ and ``rpc.discover`` publish. :meth:`Registry.resolve` turns a call into a bound
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import logging
 import traceback
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
@@ -30,6 +32,7 @@ from synapse_cli.protocol import (
     METHOD_NOT_FOUND,
     ErrorInfo,
 )
+from synapse_cli.topics import Topic
 
 __all__ = ["Function", "Registry", "error_from_exception"]
 
@@ -73,6 +76,7 @@ class Function:
         func: the Python callable.
         inline: run on the event loop (cheap, non-blocking sync functions only).
         is_async: a coroutine function (always runs on the event loop).
+        stream: a generator function (sync or async): a call sends its items, then ends.
         description: the first paragraph of the docstring.
         params_schema: JSON Schema of the arguments object.
         result_schema: JSON Schema of the return value.
@@ -91,6 +95,7 @@ class Function:
     _var_kwargs: str | None
     _named: frozenset[str]
     _json_native: bool
+    stream: bool = False
 
     @classmethod
     def build(cls, func: Callable[..., Any], *, name: str, inline: bool) -> Function:
@@ -100,6 +105,15 @@ class Function:
         kinds = inspect.Parameter
         params = list(signature.parameters.values())
         hints = _return_hint(func)
+        stream = inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func)
+        if stream:
+            hints = _item_hint(hints, name)
+            if inline:
+                raise ValueError(f"stream function {name!r} cannot be inline: its items are sent as they come")
+        try:
+            result_schema = TypeAdapter(hints).json_schema() if hints is not inspect.Signature.empty else {}
+        except pydantic.PydanticSchemaGenerationError as exc:
+            raise ValueError(f"function {name!r}: no JSON Schema for its return annotation {hints!r}") from exc
         return cls(
             name=name,
             func=func,
@@ -107,13 +121,14 @@ class Function:
             is_async=inspect.iscoroutinefunction(func),
             description=_first_paragraph(func),
             params_schema=GenerateJsonSchema().generate(core_schema),
-            result_schema=TypeAdapter(hints).json_schema() if hints is not inspect.Signature.empty else {},
+            result_schema=result_schema,
             _validator=SchemaValidator(core_schema, config={"strict": True}),
             _positional=tuple(p.name for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)),
             _var_args=next((p.name for p in params if p.kind is kinds.VAR_POSITIONAL), None),
             _var_kwargs=next((p.name for p in params if p.kind is kinds.VAR_KEYWORD), None),
             _named=frozenset(p.name for p in params if p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)),
             _json_native=_schema_types(core_schema) <= _JSON_NATIVE,
+            stream=stream,
         )
 
     def bind(self, args: list[Any] | dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -153,13 +168,40 @@ class Function:
         return named
 
     def describe(self) -> dict[str, Any]:
-        """The entry of this function in a ``list`` reply."""
-        return {
+        """The entry of this function in a ``list`` reply (a stream's ``result`` is one item's schema)."""
+        entry: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "params": self.params_schema,
             "result": self.result_schema,
         }
+        if self.stream:
+            entry["stream"] = True
+        return entry
+
+
+_ITERATORS: Final = frozenset(
+    {
+        collections.abc.Iterator,
+        collections.abc.Iterable,
+        collections.abc.Generator,
+        collections.abc.AsyncIterator,
+        collections.abc.AsyncIterable,
+        collections.abc.AsyncGenerator,
+    }
+)
+
+
+def _item_hint(hint: Any, name: str) -> Any:
+    """The item type of a stream function's return annotation (``AsyncIterator[int]`` -> ``int``)."""
+    if hint is inspect.Signature.empty:
+        return hint
+    if typing.get_origin(hint) in _ITERATORS:
+        args = typing.get_args(hint)
+        return args[0] if args else Any
+    if hint in _ITERATORS:
+        return Any
+    raise ValueError(f"stream function {name!r} must be annotated as an iterator of items, not {hint!r}")
 
 
 def _return_hint(func: Callable[..., Any]) -> Any:
@@ -188,6 +230,29 @@ class Registry:
 
     def __init__(self) -> None:
         self._functions: dict[str, Function] = {}
+        self.topics: dict[str, Topic] = {}
+
+    def topic(self, name: str, *, description: str | None = None) -> Topic:
+        """Register a topic: a stream function ``name`` whose items are what ``topic.publish`` sends.
+
+        ::
+
+            prices = registry.topic("prices")
+
+            @registry.function
+            async def set_price(symbol: str, price: float) -> None:
+                await prices.publish({"symbol": symbol, "price": price})
+        """
+        topic = Topic(name)
+
+        async def subscribe() -> AsyncIterator[Any]:
+            async for item in topic.items():
+                yield item
+
+        subscribe.__doc__ = description or f"Every value published to the topic {name!r}, as it is published."
+        self.add(subscribe, name=name)
+        self.topics[name] = topic
+        return topic
 
     @overload
     def function(self, func: F, /) -> F: ...
@@ -252,6 +317,8 @@ class Registry:
             if entry.description:
                 method["description"] = entry.description
             method["result"] = {"name": "result", "schema": _lift_defs(entry.result_schema, components)}
+            if entry.stream:  # an OpenRPC extension: the result schema is one item's
+                method["x-stream"] = True
             methods.append(method)
         document: dict[str, Any] = {"openrpc": "1.3.2", "info": {"title": title, "version": version}}
         document["methods"] = methods

@@ -23,10 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from synapse_cli.broker import RedisBroker
 from synapse_cli.connection import Connection, Link
 from synapse_cli.metrics import Metrics
 from synapse_cli.registry import Registry
 from synapse_cli.session import Session
+from synapse_cli.topics import DEFAULT_SUBSCRIBER_QUEUE
 
 __all__ = [
     "DEFAULT_HOST",
@@ -75,6 +77,8 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     workers: int = 1
+    subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE
+    broker: str | None = None
     debug: bool = False
     log_level: str = "info"
     log_format: str = "human"
@@ -115,7 +119,13 @@ class ServerState:
         self.metrics = Metrics(
             connections=lambda: len(self.connections),
             inflight=lambda: sum(c.session.running for c in self.connections),
+            streams=lambda: sum(c.streams for c in self.connections),
+            topics=self.registry.topics,
         )
+        broker = RedisBroker(self.settings.broker, self.registry.topics) if self.settings.broker else None
+        for topic in self.registry.topics.values():
+            topic.queue_size = self.settings.subscriber_queue
+            topic.broker = broker
 
     def authorized(self, headers: Sequence[tuple[str, str]]) -> bool:
         """True when no token is set, or exactly one ``Authorization: Bearer <token>`` header carries it.
@@ -223,6 +233,9 @@ class RPCEndpoint:
             link.stop()
 
 
+_ASGI_QUEUE = 16  # messages a stream may queue for the ASGI server before it waits
+
+
 class _ASGILink:
     """A :class:`~synapse_cli.connection.Link` over ASGI ``send``: one writer task keeps the order."""
 
@@ -232,6 +245,7 @@ class _ASGILink:
         self._wake = asyncio.Event()
         self._reading = asyncio.Event()
         self._reading.set()
+        self._sent = asyncio.Event()  # set after each message the server took
         self._closed = False
         self._writer = asyncio.ensure_future(self._write_all())
 
@@ -246,6 +260,11 @@ class _ASGILink:
         else:
             self._reading.set()
 
+    async def drained(self) -> None:
+        while len(self._queue) > _ASGI_QUEUE and not self._closed:
+            self._sent.clear()
+            await self._sent.wait()
+
     async def readable(self) -> None:
         await self._reading.wait()
 
@@ -259,6 +278,7 @@ class _ASGILink:
                     await self._send({"type": "websocket.send", "text": data.decode()})
                 except Exception:  # the peer is gone (each server words it its own way)
                     self._closed = True
+                self._sent.set()
 
     async def close(self, code: int) -> None:
         if not self._closed:
@@ -268,6 +288,7 @@ class _ASGILink:
 
     def stop(self) -> None:
         self._closed = True
+        self._sent.set()
         self._writer.cancel()
 
 

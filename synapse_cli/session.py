@@ -12,6 +12,7 @@ returns, so everything here is tested with strings in and actions out.
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class Observer(Protocol):
 
 
 _CANCEL_ERRORS = {
+    protocol.INTERNAL_ERROR: ErrorInfo(protocol.INTERNAL_ERROR, "item not serializable"),
     protocol.CANCELLED: ErrorInfo(protocol.CANCELLED, "call cancelled"),
     protocol.CALL_TIMEOUT: ErrorInfo(protocol.CALL_TIMEOUT, "call timed out"),
     protocol.SHUTTING_DOWN: ErrorInfo(protocol.SHUTTING_DOWN, "server is shutting down"),
@@ -88,6 +90,7 @@ class _Call:
     batch: _Batch | None = None
     slot: int = 0
     running: bool = False
+    subscription: str | None = None  # a JSON-RPC stream's id: its items and end name it
 
 
 def _key_of(request_id: Any) -> Any:
@@ -129,6 +132,8 @@ class Session:
         self.calls: dict[Any, _Call] = {}  # accepted, not answered: running or held
         self.running = 0
         self.held: collections.deque[Any] = collections.deque()  # keys of calls waiting for a slot
+        self.subscriptions: dict[str, Any] = {}  # JSON-RPC stream id -> call key
+        self._subscription_ids = itertools.count(1)
         self.draining = False
 
     @property
@@ -176,16 +181,29 @@ class Session:
         """The peer asked to cancel ``request_id`` (unknown ids are ignored)."""
         return self._stop(_key_of(request_id), protocol.CANCELLED)
 
-    def drain(self) -> None:
-        """Shutdown began: new calls are answered -32003; the running ones may finish."""
+    def drain(self) -> list[Action]:
+        """Shutdown began: new calls are answered -32003; the running ones may finish, streams stop now."""
         self.draining = True
+        return self.stop_all(protocol.SHUTTING_DOWN, streams_only=True)
 
-    def stop_all(self, reason: int | None) -> list[Action]:
-        """Stop every call; ``reason`` words the replies (None: the peer is gone, no reply)."""
+    def stop_all(self, reason: int | None, *, streams_only: bool = False) -> list[Action]:
+        """Stop every call (or every stream); ``reason`` words the replies (None: the peer is gone, no reply)."""
         actions: list[Action] = []
-        for key in list(self.calls):
-            actions.extend(self._stop(key, reason))
+        for key, call in list(self.calls.items()):
+            if call.function.stream or not streams_only:
+                actions.extend(self._stop(key, reason))
         return actions
+
+    def item(self, key: Any, value: Any) -> list[Action]:
+        """A stream call produced ``value``: send it (nothing once the call is being stopped)."""
+        call = self.calls.get(key)
+        if call is None or call.reason is not None:
+            return []
+        request = call.request
+        data = protocol.encode_item(request.id, request.dialect, call.subscription, value)
+        if data is None:
+            return self._stop(key, protocol.INTERNAL_ERROR)
+        return [Reply(data)]
 
     # -- deciding ----------------------------------------------------------------------------------
 
@@ -202,6 +220,8 @@ class Session:
                 actions.extend(self.cancel(item.id))
                 return None
             return self._describe(item)
+        if item.func == "rpc.unsubscribe":
+            return self._unsubscribe(item, actions)
         if self.draining:
             return _error(item, _CANCEL_ERRORS[protocol.SHUTTING_DOWN])
         key = _key_of(item.id)
@@ -217,14 +237,37 @@ class Session:
         if function.inline and not function.is_async:
             return self._run_inline(item, function, args, kwargs, start)
         call = _Call(item, function, args, kwargs, start, batch=batch, slot=slot)
+        reply = None
+        if function.stream:
+            if item.notification:
+                return None  # nobody to send the items to
+            call.batch = None  # its items and end go out on their own, not in the batch's reply
+            if item.dialect != NATIVE:
+                call.subscription = str(next(self._subscription_ids))
+                self.subscriptions[call.subscription] = key
+                reply = protocol.reply_result(item.id, item.dialect, {"subscription": call.subscription})
         self.calls[key] = call
-        if batch is not None:
-            batch.waiting += 1
+        if call.batch is not None:
+            call.batch.waiting += 1
         if self.running < self.max_inflight and not self.held:
             self._launch(key, call, actions)
         else:
             self.held.append(key)
-        return None
+        return reply
+
+    def _unsubscribe(self, item: Request, actions: list[Action]) -> bytes | None:
+        """``rpc.unsubscribe`` with ``[subscription]``: stop that stream; true if it was running."""
+        params = item.args
+        subscription = params[0] if type(params) is list and len(params) == 1 else None
+        if type(params) is dict and params.keys() == {"subscription"}:
+            subscription = params["subscription"]
+        if type(subscription) is not str:
+            error = ErrorInfo(protocol.INVALID_PARAMS, "rpc.unsubscribe takes [subscription]")
+            return _error(item, error)
+        key = self.subscriptions.get(subscription)
+        if key is not None:
+            actions.extend(self._stop(key, protocol.CANCELLED))
+        return None if item.notification else protocol.reply_result(item.id, item.dialect, key is not None)
 
     def _run_inline(
         self, item: Request, function: Function, args: tuple[Any, ...], kwargs: dict[str, Any], start: float
@@ -268,16 +311,24 @@ class Session:
     def _outcome(self, call: _Call, result: Any, error: BaseException | None) -> bytes | None:
         """The reply to a call that ended (None: no reply is owed)."""
         request, name = call.request, call.function.name
+        if call.subscription is not None:
+            del self.subscriptions[call.subscription]
         if error is None:
             self._observe(name, "ok", call.start, request.id)
+            if call.subscription is not None:
+                return protocol.encode_end(call.subscription, None)
+            if call.function.stream:
+                result = None  # a stream's end carries no result
             return None if request.notification else protocol.reply_result(request.id, request.dialect, result)
         if call.reason is not None:  # stopped on purpose: the reason words the reply
-            self._observe(name, str(call.reason), call.start, request.id)
-            return _error(request, _CANCEL_ERRORS[call.reason])
-        if not isinstance(error, Exception):  # cancelled with no reason: the peer is gone
+            info = _CANCEL_ERRORS[call.reason]
+        elif not isinstance(error, Exception):  # cancelled with no reason: the peer is gone
             return None
-        info = error_from_exception(error, debug=self.debug, function=name)
+        else:
+            info = error_from_exception(error, debug=self.debug, function=name)
         self._observe(name, str(info.code), call.start, request.id)
+        if call.subscription is not None:
+            return protocol.encode_end(call.subscription, info)
         return _error(request, info)
 
     def _deliver(self, call: _Call, reply: bytes | None, actions: list[Action]) -> None:

@@ -58,6 +58,7 @@ MAX_FRAGMENTS = 1024  # frames one fragmented message may take, empty ones inclu
 MAX_HEADER_BYTES = 64 * 1024  # an HTTP request's head (request line + headers)
 
 _OPEN = State.OPEN
+_FLUSH_AT = 16 * 1024  # bytes of stream items held for one write before they leave anyway
 _numbers = itertools.count(1)
 
 
@@ -85,6 +86,7 @@ class _WebSocket:
         self._timers: list[asyncio.TimerHandle] = []
         self._ping: bytes | None = None  # the keepalive ping waiting for its pong
         self._closing = False
+        self._drain_waiters: list[asyncio.Future[None]] | None = None  # streams waiting for the peer to read
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class _WebSocket:
         for timer in self._timers:
             timer.cancel()
         self._closing = True
+        self._wake_drained()
         connection = self.connection
         if connection is not None:
             self.state.disconnect(connection)
@@ -124,6 +127,13 @@ class _WebSocket:
     def resume_writing(self) -> None:
         self._writable = True
         self._set_reading()
+        self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- uvicorn -----------------------------------------------------------------------------------
 
@@ -256,6 +266,18 @@ class _WebSocket:
         if not self._flush_soon:
             self._flush_soon = True
             self.loop.call_soon(self._flush)
+
+    async def drained(self) -> None:
+        """Return once the transport takes more: a stream sends its next item only then (backpressure)."""
+        if sum(map(len, self._out)) >= _FLUSH_AT:
+            self._flush()
+        if self._writable or self._closing:
+            return
+        waiter = self.loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
+        self._drain_waiters.append(waiter)
+        await waiter
 
     def update_reading(self, saturated: bool) -> None:
         """Stop reading while calls wait for a slot (the Link of our :class:`Connection`)."""

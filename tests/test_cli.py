@@ -21,7 +21,7 @@ from websockets.sync.server import serve as websockets_serve
 
 from synapse_cli import __version__
 
-BUILTINS = {"add_numbers", "echo", "sleep", "divide", "fail"}
+BUILTINS = {"add_numbers", "echo", "sleep", "divide", "fail", "ticks", "events", "publish_event"}
 ISSUE_BATCH = '["add_numbers",1,2]\n{"func":"echo","args":["hi"]}\n'
 
 
@@ -292,7 +292,8 @@ def test_list_prints_the_list_result_as_json(server: RunningServer, cli_env: dic
     document = json.loads(result.stdout)
     assert set(document) == {"functions"}
     assert {f["name"] for f in document["functions"]} == BUILTINS
-    assert all(set(f) == {"name", "description", "params", "result"} for f in document["functions"])
+    assert all(set(f) - {"stream"} == {"name", "description", "params", "result"} for f in document["functions"])
+    assert {f["name"] for f in document["functions"] if f.get("stream")} == {"ticks", "events"}
 
 
 # -- exit codes ----------------------------------------------------------------------------------

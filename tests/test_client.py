@@ -33,7 +33,7 @@ from synapse_cli import (
 )
 from synapse_cli.client import backoff_delays
 
-BUILTINS = {"add_numbers", "echo", "sleep", "divide", "fail"}
+BUILTINS = {"add_numbers", "echo", "sleep", "divide", "fail", "ticks", "events", "publish_event"}
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_health_is_open_and_counts(server: RunningServer) -> None:
     """/health stays reachable and reports the functions and open connections."""
     with connect(server.url), OPENER.open(server.http + "/health", timeout=10) as response:
         body = response.read()
-    assert b'"status":"ok"' in body and b'"functions":5' in body
+    assert b'"status":"ok"' in body and b'"functions":8' in body
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def test_banner_shows_url_and_details() -> None:
     assert "ws://127.0.0.1:9/ws" in text
     assert "synapse 1.2.3" in text
     assert "auth: none" in text
-    assert "5 functions" in text
+    assert "8 functions" in text
 
 
 def test_pretty_value_renders_json() -> None:

@@ -23,7 +23,7 @@ from synapse_cli.server import Settings, bind_socket, is_loopback
 def test_no_target_gives_the_builtins() -> None:
     """Without an application, the built-in functions are served."""
     names = [f["name"] for f in load_registry(None).describe()]
-    assert names == ["add_numbers", "echo", "sleep", "divide", "fail"]
+    assert names == ["events", "add_numbers", "echo", "sleep", "divide", "fail", "ticks", "publish_event"]
 
 
 def test_load_from_file_path() -> None:

@@ -535,7 +535,8 @@ def test_list_describes_every_function(server: Any) -> None:
     assert [f["name"] for f in functions] == [f.name for f in default_registry()]
     assert {"add_numbers", "echo", "sleep"} <= {f["name"] for f in functions}
     for function in functions:
-        assert set(function) == {"name", "description", "params", "result"}
+        assert set(function) - {"stream"} == {"name", "description", "params", "result"}
+        assert function.get("stream", False) is (function["name"] in {"ticks", "events"})
         assert isinstance(function["description"], str) and function["description"]
         assert function["params"]["type"] == "object"
     add = next(f for f in functions if f["name"] == "add_numbers")
