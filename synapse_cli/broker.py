@@ -87,12 +87,13 @@ class RedisBroker:
             try:
                 async with self._client.pubsub() as pubsub:
                     await pubsub.psubscribe(CHANNEL_PREFIX + "*")
-                    self._connected.set()
-                    if not self._first.done():
-                        self._first.set_result(None)
-                    logger.info("broker connected: %s", _redacted(self.url))
-                    delay = 0.1
                     async for message in pubsub.listen():
+                        if message.get("type") == "psubscribe":  # Redis confirmed: deliveries flow
+                            self._connected.set()
+                            if not self._first.done():
+                                self._first.set_result(None)
+                            logger.info("broker connected: %s", _redacted(self.url))
+                            delay = 0.1
                         self._deliver(message)
             except (redis.RedisError, OSError) as exc:
                 was_connected = self._connected.is_set()

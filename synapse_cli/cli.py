@@ -200,6 +200,10 @@ def serve(
     ping_timeout: Annotated[float, typer.Option(min=0, help="Close a peer whose pong is this late.")] = 20.0,
     threads: Annotated[int, typer.Option(min=1, help="Threads running sync functions.")] = 40,
     workers: Annotated[int, typer.Option(min=1, help="Processes serving the same port.")] = 1,
+    subscriber_queue: Annotated[
+        int, typer.Option(min=1, help="Items a topic subscriber may fall behind (then -32004).")
+    ] = 1000,
+    broker: Annotated[str | None, typer.Option(help="redis://HOST:PORT/DB: topics across workers and servers.")] = None,
     reload: Annotated[bool, typer.Option(help="Restart when a .py file changes (development).")] = False,
     debug: Annotated[bool, typer.Option(help="Send exception text and tracebacks to clients.")] = False,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug.")] = "info",
@@ -214,6 +218,7 @@ def serve(
         max_message_size=max_message_size, max_connections=max_connections, max_inflight=max_inflight,
         max_batch=max_batch, call_timeout=call_timeout, grace=grace, workers=workers, debug=debug,
         ping_interval=ping_interval, ping_timeout=ping_timeout, log_format=log_format.lower(), threads=threads,
+        subscriber_queue=subscriber_queue, broker=broker,
         log_level=log_level.lower(),
     )  # fmt: skip
     _check_serve_settings(settings)
@@ -251,6 +256,8 @@ def _check_serve_settings(settings: Any) -> None:
         raise UsageError(f"unknown --log-level {settings.log_level!r}")
     if settings.log_format not in {"human", "json"}:
         raise UsageError(f"unknown --log-format {settings.log_format!r} (human or json)")
+    if settings.broker is not None and not settings.broker.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError(f"--broker must be a redis:// URL, not {settings.broker!r}")
 
 
 def _serve_details(settings: Any) -> dict[str, str]:

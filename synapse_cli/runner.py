@@ -115,7 +115,7 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
         app,
         http=guarded_http_protocol(settings.handshake_timeout),
         ws=websocket_protocol(app.state.synapse),
-        lifespan="off",
+        lifespan="on",  # the app's startup and shutdown: the broker connection
         log_config=log_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         ssl_certfile=settings.certfile,

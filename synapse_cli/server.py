@@ -16,15 +16,17 @@ import contextlib
 import hmac
 import ipaddress
 import itertools
+import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from synapse_cli.broker import RedisBroker
 from synapse_cli.connection import Connection, Link
+from synapse_cli.errors import RPCError
 from synapse_cli.metrics import Metrics
 from synapse_cli.registry import Registry
 from synapse_cli.session import Session
@@ -53,6 +55,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+logger = logging.getLogger("synapse.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,7 @@ class ServerState:
     draining: bool = False
     metrics: Metrics = field(init=False)
     threads: ThreadPoolExecutor = field(init=False)
+    broker: RedisBroker | None = field(init=False)
 
     def __post_init__(self) -> None:
         # Sync functions run here. asyncio's default pool has only min(32, CPUs + 4) threads: a few
@@ -122,10 +127,24 @@ class ServerState:
             streams=lambda: sum(c.streams for c in self.connections),
             topics=self.registry.topics,
         )
-        broker = RedisBroker(self.settings.broker, self.registry.topics) if self.settings.broker else None
+        self.broker = RedisBroker(self.settings.broker, self.registry.topics) if self.settings.broker else None
         for topic in self.registry.topics.values():
             topic.queue_size = self.settings.subscriber_queue
-            topic.broker = broker
+            topic.broker = self.broker
+
+    async def start(self) -> None:
+        """Startup (ASGI lifespan): connect the broker, so publishes reach this process from the start."""
+        if self.broker is not None:
+            try:
+                await self.broker.ready()
+            except RPCError as exc:
+                logger.warning("%s; retrying in the background", exc.message)
+
+    async def close(self) -> None:
+        """Shutdown (ASGI lifespan): close the broker connection and the thread pool."""
+        if self.broker is not None:
+            await self.broker.close()
+        self.threads.shutdown(wait=False)
 
     def authorized(self, headers: Sequence[tuple[str, str]]) -> bool:
         """True when no token is set, or exactly one ``Authorization: Bearer <token>`` header carries it.
@@ -334,7 +353,16 @@ def create_app(registry: Registry, settings: Settings | None = None, *, version:
 
     endpoint = RPCEndpoint(state)
     routes = [WebSocketRoute("/ws", endpoint), Route("/health", health), Route("/metrics", metrics)]
-    app = Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.synapse = state
     return app
 
