@@ -45,7 +45,7 @@ _FRAME = re.compile(r"^([<>] (?:TEXT|BINARY|CONT))\b")
 class SafeLogFilter(logging.Filter):
     """Keeps what must never be logged out of uvicorn's and websockets' debug lines.
 
-    * the ``Authorization`` header (the token) is redacted;
+    * the ``Authorization`` header and a ``bearer.`` subprotocol (the token) are redacted;
     * frame payloads (message bodies) are replaced by their kind;
     * a peer's invalid UTF-8 is one line, not a traceback per occurrence.
     """
@@ -59,8 +59,11 @@ class SafeLogFilter(logging.Filter):
         if record.levelno > logging.DEBUG:
             return True
         text = record.getMessage()
-        if "authorization" in text.lower():
+        lowered = text.lower()
+        if "authorization" in lowered:
             record.msg, record.args = "< authorization: [redacted]", ()
+        elif "sec-websocket-protocol" in lowered and "bearer." in lowered:  # a browser's token
+            record.msg, record.args = "< sec-websocket-protocol: [redacted]", ()
         elif match := _FRAME.match(text):
             record.msg, record.args = "%s [payload not logged]", (match.group(1),)
         return True

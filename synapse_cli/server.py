@@ -11,6 +11,8 @@ Processes, signals and user code are ``runner.py``'s.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import contextlib
 import hmac
@@ -35,6 +37,8 @@ from synapse_cli.topics import DEFAULT_SUBSCRIBER_QUEUE
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "BEARER_PREFIX",
+    "SUBPROTOCOL",
     "WS_PATH",
     "RPCEndpoint",
     "ServerState",
@@ -147,17 +151,24 @@ class ServerState:
         self.threads.shutdown(wait=False)
 
     def authorized(self, headers: Sequence[tuple[str, str]]) -> bool:
-        """True when no token is set, or exactly one ``Authorization: Bearer <token>`` header carries it.
+        """True when no token is set, or the request carries it (compared in constant time).
 
-        The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+        Either exactly one ``Authorization: Bearer <token>`` header (the scheme is case-insensitive,
+        RFC 7235), or, from a browser, which cannot set that header on a WebSocket, a
+        ``bearer.<base64url(token)>`` entry in ``Sec-WebSocket-Protocol``.
         """
         if self.settings.token is None:
             return True
+        expected = self.settings.token.encode()
         values = [value for name, value in headers if name.lower() == "authorization"]
-        if len(values) != 1:
+        if len(values) > 1:
             return False
-        scheme, _, token = values[0].strip().partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.settings.token.encode())
+        if values:
+            scheme, _, token = values[0].strip().partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
+        offered = _subprotocols(headers)
+        tokens = [_unbase64(item[len(BEARER_PREFIX) :]) for item in offered if item.startswith(BEARER_PREFIX)]
+        return len(tokens) == 1 and hmac.compare_digest(tokens[0], expected)
 
     def refusal(self, path: str, headers: Sequence[tuple[str, str]]) -> tuple[int, str] | None:
         """Why a handshake must be refused (HTTP status and text), or None to accept it."""
@@ -166,13 +177,21 @@ class ServerState:
         if not self.authorized(headers):
             return 401, "missing or wrong bearer token"
         origins = [value for name, value in headers if name.lower() == "origin"]
-        if origins and (len(origins) > 1 or origins[0] not in self.settings.allow_origins):
+        if origins and (len(origins) > 1 or not self._origin_allowed(origins[0], headers)):
             return 403, "origin not allowed"
         if self.draining:
             return 503, "server is shutting down"
         if len(self.connections) >= self.settings.max_connections:
             return 503, "too many connections"
         return None
+
+    def _origin_allowed(self, origin: str, headers: Sequence[tuple[str, str]]) -> bool:
+        """An origin in ``--allow-origin``, or the server's own (its ``/docs`` page)."""
+        if origin in self.settings.allow_origins:
+            return True
+        hosts = [value for name, value in headers if name.lower() == "host"]
+        scheme = "https" if self.settings.certfile else "http"
+        return len(hosts) == 1 and origin == f"{scheme}://{hosts[0]}"
 
     def session(self) -> Session:
         """A new connection's session, with this server's limits."""
@@ -212,6 +231,29 @@ def text_headers(scope: Scope) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope.get("headers") or []]
 
 
+BEARER_PREFIX = "bearer."
+SUBPROTOCOL = "synapse.v1"
+
+
+def _subprotocols(headers: Sequence[tuple[str, str]]) -> list[str]:
+    """The subprotocols a handshake offers (``Sec-WebSocket-Protocol``, comma-separated, repeatable)."""
+    return [
+        item.strip()
+        for name, value in headers
+        if name.lower() == "sec-websocket-protocol"
+        for item in value.split(",")
+        if item.strip()
+    ]
+
+
+def _unbase64(text: str) -> bytes:
+    """base64url without padding, as browsers' ``btoa`` users write it; b"" when malformed."""
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error):
+        return b""
+
+
 class RPCEndpoint:
     """The plain ASGI ``/ws`` endpoint (any ASGI server): handshake checks, then one :class:`Connection`.
 
@@ -231,7 +273,10 @@ class RPCEndpoint:
         if refusal is not None:
             await _deny(scope, send, *refusal)
             return
-        await send({"type": "websocket.accept"})
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if SUBPROTOCOL in _subprotocols(text_headers(scope)):
+            accept["subprotocol"] = SUBPROTOCOL
+        await send(accept)
         client = scope.get("client")
         link = _ASGILink(send)
         peer = f"{client[0]}:{client[1]}" if client else ""

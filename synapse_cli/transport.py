@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -31,10 +32,12 @@ from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from synapse_cli.connection import Connection
 from synapse_cli.frames import OP_TEXT, FrameError, FrameReader, frame_header
 from synapse_cli.logs import SafeLogFilter
+from synapse_cli.server import SUBPROTOCOL
 
 if TYPE_CHECKING:
     from synapse_cli.server import ServerState
@@ -71,7 +74,9 @@ class _WebSocket:
         settings = self.state.settings
         self.server_state = server_state  # uvicorn's: its shutdown calls our ``shutdown``
         self.loop = _loop or asyncio.get_running_loop()
-        self.ws = ServerProtocol(max_size=settings.max_message_size, logger=wire_logger)
+        self.ws = ServerProtocol(
+            select_subprotocol=_select_subprotocol, max_size=settings.max_message_size, logger=wire_logger
+        )
         self.reader = FrameReader(masked=True, max_size=settings.max_message_size)
         self.transport: asyncio.Transport | None = None
         self.connection: Connection | None = None
@@ -361,6 +366,11 @@ class _WebSocket:
         if self._ping == ping and self.ws.state is _OPEN:
             self._fail(1011, "keepalive ping timeout")
             self._flush()
+
+
+def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``synapse.v1`` when offered (a browser sending its token as ``bearer.…``), never the token itself."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 def websocket_protocol(state: ServerState) -> type[Any]:

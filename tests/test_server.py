@@ -958,3 +958,51 @@ def test_the_app_is_asgi3_for_any_server() -> None:
     config = uvicorn.Config(create_app(default_registry()), log_level="warning")
     config.load()
     assert config.interface == "asgi3"
+
+
+def _bearer(token: str) -> str:
+    import base64
+
+    return "bearer." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
+def test_browser_token_in_the_subprotocol_list_is_accepted_and_never_echoed(make_server: MakeServer) -> None:
+    """`Sec-WebSocket-Protocol: synapse.v1, bearer.<base64url(token)>` passes; the answer is synapse.v1 only."""
+    with make_server(token="s3cret/+?") as running:
+        with open_ws(running.url, subprotocols=["synapse.v1", _bearer("s3cret/+?")]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == "synapse.v1"
+            assert exchange(ws, {"id": 1, "func": "add_numbers", "args": [1, 2]})["result"] == 3
+            assert "bearer" not in str(ws.response.headers).lower()
+        with pytest.raises(InvalidStatus) as refused:
+            open_ws(running.url, subprotocols=["synapse.v1", _bearer("wrong")])  # type: ignore[list-item]
+        assert refused.value.response.status_code == 401
+
+
+def test_authorization_scheme_is_case_insensitive_and_two_headers_are_refused(make_server: MakeServer) -> None:
+    """`bearer TOKEN` works like `Bearer TOKEN` (RFC 7235); two Authorization headers get 401."""
+    with make_server(token="t") as running:
+        with open_ws(running.url, additional_headers={"Authorization": "bearer t"}) as ws:
+            assert_usable(ws)
+        with pytest.raises(InvalidStatus) as refused:
+            open_ws(running.url, additional_headers=[("Authorization", "Bearer t"), ("Authorization", "Bearer t")])
+        assert refused.value.response.status_code == 401
+
+
+def test_the_servers_own_origin_is_allowed_and_others_still_refused(make_server: MakeServer) -> None:
+    """Origin equal to the server's own (its /docs page) is accepted without --allow-origin; another is 403."""
+    with make_server() as running:
+        own = f"http://127.0.0.1:{running.port}"
+        with open_ws(running.url, origin=own) as ws:  # type: ignore[arg-type]
+            assert_usable(ws)
+        with pytest.raises(InvalidStatus) as refused:
+            open_ws(running.url, origin="http://127.0.0.1:1")  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 403
+
+
+def test_a_path_other_than_ws_is_404_naming_the_endpoint(server: Any) -> None:
+    """A WebSocket handshake on /wrong (or /) is refused with 404, and the body says the endpoint is /ws."""
+    for path in ("/wrong", "/"):
+        with pytest.raises(InvalidStatus) as refused:
+            open_ws(server.url.replace("/ws", path))
+        assert refused.value.response.status_code == 404
+        assert b"the endpoint is /ws" in refused.value.response.body
