@@ -204,6 +204,7 @@ def serve(
         int, typer.Option(min=1, help="Items a topic subscriber may fall behind (then -32004).")
     ] = 1000,
     broker: Annotated[str | None, typer.Option(help="redis://HOST:PORT/DB: topics across workers and servers.")] = None,
+    docs: Annotated[bool, typer.Option(help="Serve the /docs page (try every function from a browser).")] = True,
     reload: Annotated[bool, typer.Option(help="Restart when a .py file changes (development).")] = False,
     debug: Annotated[bool, typer.Option(help="Send exception text and tracebacks to clients.")] = False,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug.")] = "info",
@@ -218,7 +219,7 @@ def serve(
         max_message_size=max_message_size, max_connections=max_connections, max_inflight=max_inflight,
         max_batch=max_batch, call_timeout=call_timeout, grace=grace, workers=workers, debug=debug,
         ping_interval=ping_interval, ping_timeout=ping_timeout, log_format=log_format.lower(), threads=threads,
-        subscriber_queue=subscriber_queue, broker=broker,
+        subscriber_queue=subscriber_queue, broker=broker, docs=docs,
         log_level=log_level.lower(),
     )  # fmt: skip
     _check_serve_settings(settings)
@@ -271,6 +272,8 @@ def _serve_details(settings: Any) -> dict[str, str]:
         f"{settings.max_inflight} in flight/connection, call timeout {settings.call_timeout:g} s",
         "health": settings.url.replace("ws", "http", 1).removesuffix("/ws") + "/health",
     }
+    if settings.docs:
+        details["docs"] = settings.url.replace("ws", "http", 1).removesuffix("/ws") + "/docs"
     if settings.workers > 1:
         details["workers"] = str(settings.workers)
     return details

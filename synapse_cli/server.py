@@ -28,6 +28,7 @@ from typing import Any
 
 from synapse_cli.broker import RedisBroker
 from synapse_cli.connection import Connection, Link
+from synapse_cli.docs import page
 from synapse_cli.errors import RPCError
 from synapse_cli.metrics import Metrics
 from synapse_cli.registry import Registry
@@ -85,6 +86,7 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     workers: int = 1
+    docs: bool = True
     subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE
     broker: str | None = None
     debug: bool = False
@@ -231,6 +233,12 @@ def text_headers(scope: Scope) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope.get("headers") or []]
 
 
+# The page is self-contained: nothing may load from elsewhere, and it may open a WebSocket to its own host.
+_DOCS_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'",
+    "x-content-type-options": "nosniff",
+}
 BEARER_PREFIX = "bearer."
 SUBPROTOCOL = "synapse.v1"
 
@@ -398,6 +406,12 @@ def create_app(registry: Registry, settings: Settings | None = None, *, version:
 
     endpoint = RPCEndpoint(state)
     routes = [WebSocketRoute("/ws", endpoint), Route("/health", health), Route("/metrics", metrics)]
+    if state.settings.docs:
+
+        async def docs(request: HTTPRequest) -> Response:
+            return Response(page(), media_type="text/html; charset=utf-8", headers=_DOCS_HEADERS)
+
+        routes.append(Route("/docs", docs))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
