@@ -1,11 +1,12 @@
 """Profile `synapse serve`'s hot path with py-spy while the Node generator loads it.
 
-Starts `synapse serve` on core 0, the Node `ws` generator on core 1 (pipelined 8 x 16 by default, or
---sequential 1 x 1), and samples the server with `py-spy record` for --seconds. Prints the functions
-that take the most time (own time and with callees), as a share of the server's samples; --save
+Starts `synapse serve` on core 0, the Node `ws` generator on core 1 (pipelined 8 x --window, 16 by
+default, or --sequential 1 x 1; the requests of servers.py's --shape, three-key by default), and samples
+the server with `py-spy record` for --seconds. Prints the functions that take the most time (own time and with callees), as a share of the server's samples; --save
 writes that summary and the collapsed stacks (for flamegraph tools) next to each other.
 
-    python benchmarks/profile_server.py [--seconds 8] [--sequential] [--save benchmarks/profiles/after]
+    python benchmarks/profile_server.py [--seconds 8] [--sequential] [--shape seed] [--window 128]
+        [--save benchmarks/profiles/after]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from servers import HERE, free_port, pinned, wait_ready
+from servers import HERE, SHAPES, free_port, pinned, wait_ready
 
 
 def summarize(collapsed: str, top: int) -> str:
@@ -47,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--sequential", action="store_true", help="1 connection x 1 call in flight")
+    parser.add_argument("--shape", choices=list(SHAPES), default="three-key", help="the request (servers.py)")
+    parser.add_argument("--window", type=int, default=16, help="calls in flight per connection, pipelined")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--reference", action="store_true", help="profile the bare Starlette reference instead")
     parser.add_argument("--native", action="store_true", help="include C frames (orjson, pydantic-core, uvloop)")
@@ -62,12 +65,14 @@ def main() -> None:
     if options.reference:
         command = [sys.executable, str(HERE / "reference" / "bare_starlette.py"), str(port)]
     server = subprocess.Popen([*pinned(0), *command], stderr=subprocess.DEVNULL)
-    connections, window = (1, 1) if options.sequential else (8, 16)
+    connections, window = (1, 1) if options.sequential else (8, options.window)
+    shape = SHAPES[options.shape]
     try:
         wait_ready(url, server)
         script = str(HERE / "node" / "pipelined.js")
         generator = subprocess.Popen(
-            [*pinned(1), node, script, url, str(connections), str(window), str(options.seconds + 3)],
+            [*pinned(1), node, script, url, str(connections), str(window), str(options.seconds + 3)]
+            + [shape.body, shape.ids],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -84,9 +89,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
-    summary = f"{'sequential' if options.sequential else 'pipelined'} load: {out.strip()}\n" + summarize(
-        collapsed, options.top
-    )
+    result = out.strip().splitlines()[-1]
+    summary = f"{options.shape} shape, {connections} x {window} load: {result}\n" + summarize(collapsed, options.top)
     print(summary)
     if options.save:
         options.save.parent.mkdir(parents=True, exist_ok=True)

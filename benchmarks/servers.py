@@ -1,14 +1,28 @@
-"""synapse serve against the bare references, measured by an independent generator in one run.
+"""synapse serve against references, with the messages users send, measured by an independent generator in one run.
 
-Servers (each pinned to core 0 where the OS allows; one at a time):
-  * bare Starlette + orjson (benchmarks/reference/bare_starlette.py) — the reference, ratio 1.00;
-  * raw websockets + orjson (benchmarks/reference/raw_websockets.py);
+Servers, all up at once and pinned to core 0 where the OS allows:
+  * bare Starlette + orjson (benchmarks/reference/bare_starlette.py) — the reference for the native shapes;
+  * raw websockets + orjson (benchmarks/reference/raw_websockets.py) — informational, three-key shape only;
+  * npm rpc-websockets (benchmarks/node/rpc_server.js, Node) — the reference for JSON-RPC 2.0;
   * synapse serve (full validation, per-call concurrency, metrics).
-Generator: Node `ws` (benchmarks/node, pinned to core 1): pipelined (8 connections x 16 in flight) and
-sequential (1 connection, 1 in flight), add_numbers(1, 2). Each measurement is repeated --repeat
-times; the table shows medians.
+Generator: Node `ws` (benchmarks/node/pipelined.js, pinned to core 1), add_numbers(1, 2) in three shapes:
+  * seed:      {"id": "17", "op": "call", "func": "add_numbers", "args": [1, 2]}, string ids "1", "2", ...
+               (the seed's canonical request): synapse vs bare Starlette;
+  * jsonrpc:   {"jsonrpc": "2.0", "id": 17, "method": "add_numbers", "params": [1, 2]}, number ids:
+               synapse vs rpc-websockets;
+  * three-key: {"func": "add_numbers", "args": [1, 2], "id": 17}, number ids — the shape of the figures in
+               benchmarks/README.md before issue 10, kept so they stay comparable: synapse vs bare Starlette
+               and raw websockets.
+Loads: pipelined 8 connections x 128 in flight (issue 10's figures) and 8 x 16 (the earlier figures), and
+sequential 1 x 1 (latency: µs per call = 1 / calls per second). The three-key shape runs 8 x 16 and 1 x 1.
 
-    (cd benchmarks/node && npm install) && python benchmarks/servers.py [--seconds 5] [--repeat 3]
+Every reply is checked (a result, no error, an id of the type sent); a server that answers with errors
+stops the run. Rounds are interleaved (every shape, load and server once per round, the servers of one
+comparison back to back) and the table shows medians of --repeat rounds, the ratio of the medians to the
+comparison's reference, the range of the per-round ratios, and the CPU share of the server (its core) and of
+the generator during the measured seconds: a generator near 1.00 while the server is not is measuring itself.
+
+    (cd benchmarks/node && npm install) && python benchmarks/servers.py [--seconds 3] [--repeat 3] [--shapes ...]
 """
 
 from __future__ import annotations
@@ -23,27 +37,99 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from websockets.sync.client import connect
 
 HERE = Path(__file__).parent
 REFERENCE = "bare Starlette + orjson (reference)"
+RAW_WEBSOCKETS = "raw websockets + orjson"
+RPC_WEBSOCKETS = "rpc-websockets (Node)"
 SYNAPSE = "synapse serve"
+NODE_PACKAGES = ("ws", "rpc-websockets")  # benchmarks/node/package.json
+
+THREE_KEY_BODY = '{"func": "add_numbers", "args": [1, 2], "id": 0}'
+SEED_BODY = '{"id": "17", "op": "call", "func": "add_numbers", "args": [1, 2]}'
+JSONRPC_BODY = '{"jsonrpc": "2.0", "id": 17, "method": "add_numbers", "params": [1, 2]}'
+PIPELINED, PIPELINED_16, SEQUENTIAL = (8, 128), (8, 16), (1, 1)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A request shape, the servers compared with it (reference first) and the loads it runs."""
+
+    name: str
+    body: str
+    ids: str  # "string" or "number", the generator's ID_STYLE
+    servers: tuple[str, ...]
+    loads: tuple[tuple[int, int], ...] = (PIPELINED, PIPELINED_16, SEQUENTIAL)
+
+    @property
+    def reference(self) -> str:
+        return self.servers[0]
+
+
+SHAPES = {
+    "seed": Shape("seed", SEED_BODY, "string", (REFERENCE, SYNAPSE)),
+    "jsonrpc": Shape("jsonrpc", JSONRPC_BODY, "number", (RPC_WEBSOCKETS, SYNAPSE)),
+    "three-key": Shape(
+        "three-key", THREE_KEY_BODY, "number", (REFERENCE, RAW_WEBSOCKETS, SYNAPSE), (PIPELINED_16, SEQUENTIAL)
+    ),
+}
+
+
+@dataclass
+class Run:
+    """One generator run: what the generator measured, and the CPU shares during its measured seconds."""
+
+    calls_per_s: float
+    generator_cpu: float
+    server_cpu: float | None = None
 
 
 @dataclass
 class Row:
-    """One server's medians: pipelined (8 x 16) and sequential (1 x 1) calls/s."""
+    """One server under one shape and load: its runs, one per round."""
 
+    shape: str
+    load: tuple[int, int]
     name: str
-    pipelined: float
-    sequential: float
+    runs: list[Run] = field(default_factory=list)
 
     @property
-    def sequential_us(self) -> float:
-        return 1e6 / self.sequential
+    def calls_per_s(self) -> float:
+        return statistics.median(run.calls_per_s for run in self.runs)
+
+    @property
+    def us_per_call(self) -> float:
+        return 1e6 / self.calls_per_s
+
+    @property
+    def server_cpu(self) -> float | None:
+        shares = [run.server_cpu for run in self.runs if run.server_cpu is not None]
+        return statistics.median(shares) if shares else None
+
+    @property
+    def generator_cpu(self) -> float:
+        return statistics.median(run.generator_cpu for run in self.runs)
+
+    @property
+    def sequential(self) -> bool:
+        return self.load == SEQUENTIAL
+
+
+def ratio(row: Row, reference: Row) -> float:
+    """Throughput ratio (> 1: faster than the reference); for 1 x 1, the latency ratio (< 1: lower latency)."""
+    return row.us_per_call / reference.us_per_call if row.sequential else row.calls_per_s / reference.calls_per_s
+
+
+def round_ratios(row: Row, reference: Row) -> list[float]:
+    """The same ratio, round by round (runs of one round were measured back to back)."""
+    pairs = zip(row.runs, reference.runs, strict=True)
+    if row.sequential:
+        return [ref.calls_per_s / run.calls_per_s for run, ref in pairs]
+    return [run.calls_per_s / ref.calls_per_s for run, ref in pairs]
 
 
 def free_port() -> int:
@@ -59,21 +145,45 @@ def pinned(core: int) -> list[str]:
     return []
 
 
+def missing_node() -> str | None:
+    """What to install before the Node generator and servers can run; None when nothing is missing."""
+    if shutil.which("node") is None:
+        return "needs Node (20 or later) and `npm install` in benchmarks/node (`make bench` runs it)"
+    absent = [name for name in NODE_PACKAGES if not (HERE / "node" / "node_modules" / name).exists()]
+    if absent:
+        return f"needs `npm install` in benchmarks/node (missing: {', '.join(absent)}; `make bench` runs it)"
+    return None
+
+
+def find_node() -> str:
+    """The node executable, once `npm install` has run in benchmarks/node."""
+    problem = missing_node()
+    if problem is not None:
+        raise SystemExit(problem)
+    return str(shutil.which("node"))
+
+
 def servers(port: int) -> dict[str, list[str]]:
     python, synapse = sys.executable, str(Path(sys.executable).parent / "synapse")
     return {
         REFERENCE: [python, str(HERE / "reference" / "bare_starlette.py"), str(port)],
-        "raw websockets + orjson": [python, str(HERE / "reference" / "raw_websockets.py"), str(port)],
+        RAW_WEBSOCKETS: [python, str(HERE / "reference" / "raw_websockets.py"), str(port)],
+        RPC_WEBSOCKETS: [shutil.which("node") or "node", str(HERE / "node" / "rpc_server.js"), str(port)],
         SYNAPSE: [synapse, "serve", "--port", str(port), "--log-level", "warning"],
     }
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+def probe(name: str) -> str:
+    """A request the server ``name`` answers (the references answer one dialect only)."""
+    return JSONRPC_BODY if name == RPC_WEBSOCKETS else THREE_KEY_BODY
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], request: str = THREE_KEY_BODY) -> None:
     deadline = time.monotonic() + 20
     while True:
         try:
             with connect(url, open_timeout=1) as ws:
-                ws.send('{"id":1,"func":"add_numbers","args":[1,2]}')
+                ws.send(request)
                 ws.recv(timeout=5)
                 return
         except OSError:
@@ -82,12 +192,12 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
 
 
-def start_server(command: list[str], url: str) -> subprocess.Popen[bytes]:
-    """Start ``command`` and wait until it answers on ``url``; if it does not, exit with its stderr's tail."""
+def start_server(command: list[str], url: str, request: str = THREE_KEY_BODY) -> subprocess.Popen[bytes]:
+    """Start ``command`` and wait until it answers ``request`` on ``url``; if not, exit with its stderr's tail."""
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty server never blocks on it
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            wait_ready(url, process)
+            wait_ready(url, process, request)
         except SystemExit:
             process.kill()
             process.wait(10)
@@ -97,73 +207,119 @@ def start_server(command: list[str], url: str) -> subprocess.Popen[bytes]:
     return process
 
 
-def find_node() -> str:
-    """The node executable, once `npm install` has run in benchmarks/node."""
-    node = shutil.which("node")
-    if node is None or not (HERE / "node" / "node_modules" / "ws").exists():
-        raise SystemExit("needs Node and `npm install` in benchmarks/node")
-    return node
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(
+    node: str,
+    url: str,
+    connections: int,
+    window: int,
+    seconds: float,
+    *,
+    core: int | None = 1,
+    body: str | None = None,
+    ids: str = "number",
+    server_pid: int | None = None,
+) -> Run:
+    """One Node generator run (pinned to ``core``; None: not pinned) sending ``body`` with ``ids`` ids.
+
+    With ``server_pid`` (and /proc), the server's CPU share over the generator's measured seconds too.
+    Exits with the first bad reply when the server answered any call with an error.
+    """
+    script = str(HERE / "node" / "pipelined.js")
+    prefix = pinned(core) if core is not None else []
+    command = [*prefix, node, script, url, str(connections), str(window), str(seconds), body or "", ids]
+    watch = server_pid is not None and Path(f"/proc/{server_pid}/stat").exists()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as generator:
+        assert generator.stdout is not None
+        lines = [generator.stdout.readline()]  # {"measuring": true}, once the warm-up is over
+        start = (time.perf_counter(), cpu_seconds(server_pid)) if watch and server_pid else None
+        lines += generator.stdout.readlines()
+        server_cpu = None
+        if start is not None and server_pid is not None:
+            server_cpu = (cpu_seconds(server_pid) - start[1]) / (time.perf_counter() - start[0])
+        if generator.wait(seconds + 60) != 0:
+            raise SystemExit(f"node generator failed ({generator.returncode}): {' '.join(command)}")
+    result = json.loads(lines[-1])
+    if result["errors"]:
+        raise SystemExit(f"{result['errors']} bad replies from {url} to {body}, the first: {result['first_error']}")
+    return Run(float(result["calls_per_s"]), float(result["cpu"]), server_cpu)
 
 
 def generate(
     node: str, url: str, connections: int, window: int, seconds: float, core: int | None = 1, body: str | None = None
 ) -> float:
     """Calls/s the Node generator measured (pinned to ``core``; None: not pinned); ``body``: the call's JSON."""
-    script = str(HERE / "node" / "pipelined.js")
-    prefix = pinned(core) if core is not None else []
-    command = [*prefix, node, script, url, str(connections), str(window), str(seconds), *([body] if body else [])]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["calls_per_s"])
+    return load(node, url, connections, window, seconds, core=core, body=body).calls_per_s
 
 
-def measure(seconds: float = 5.0, repeat: int = 3) -> list[Row]:
+def measure(seconds: float = 3.0, repeat: int = 3, shapes: tuple[str, ...] = tuple(SHAPES)) -> list[Row]:
     """All servers up at once (core 0), loaded in turn by the Node generator (core 1), round after round.
 
     Interleaving the rounds spreads the machine's drifts over every server instead of favouring the one
-    measured in a quiet minute; medians of ``repeat`` rounds.
+    measured in a quiet minute; the servers of one comparison run back to back, for per-round ratios.
     """
     node = find_node()
+    names = list(dict.fromkeys(name for shape in shapes for name in SHAPES[shape].servers))
     ports: dict[str, int] = {}
-    for name in servers(0):
+    for name in names:
         while (port := free_port()) in ports.values():
             pass
         ports[name] = port
-    commands = {name: servers(port)[name] for name, port in ports.items()}
     urls = {name: f"ws://127.0.0.1:{port}/ws" for name, port in ports.items()}
-    processes = []
+    rows = [Row(s, load_, name) for s in shapes for load_ in SHAPES[s].loads for name in SHAPES[s].servers]
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, command in commands.items():
-            processes.append(start_server([*pinned(0), *command], urls[name]))
-        pipelined: dict[str, list[float]] = {name: [] for name in commands}
-        sequential: dict[str, list[float]] = {name: [] for name in commands}
+        for name in names:
+            command = [*pinned(0), *servers(ports[name])[name]]
+            processes[name] = start_server(command, urls[name], probe(name))
         for _ in range(repeat):
-            for name, url in urls.items():
-                pipelined[name].append(generate(node, url, 8, 16, seconds))
-                sequential[name].append(generate(node, url, 1, 1, seconds))
+            for row in rows:
+                shape = SHAPES[row.shape]
+                connections, window = row.load
+                pid = processes[row.name].pid
+                run = load(node, urls[row.name], connections, window, seconds, body=shape.body, ids=shape.ids,
+                           server_pid=pid)  # fmt: skip
+                row.runs.append(run)
     finally:
-        for process in processes:
+        for process in processes.values():
             process.terminate()
             process.wait(10)
-    return [Row(name, statistics.median(pipelined[name]), statistics.median(sequential[name])) for name in commands]
+    return rows
+
+
+def find(rows: list[Row], shape: str, load_: tuple[int, int], name: str) -> Row:
+    return next(row for row in rows if (row.shape, row.load, row.name) == (shape, load_, name))
 
 
 def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
-    reference = next(row for row in rows if row.name == REFERENCE)
-    print(f"Node ws generator on core 1, servers on core 0; median of {repeat} x {seconds:g} s")
-    print(f"{'server':38} {'pipelined calls/s':>18} {'ratio':>6} {'sequential µs/call':>19} {'ratio':>6}")
+    print(f"Node ws generator on core 1, servers on core 0; median of {repeat} rounds x {seconds:g} s")
+    print("ratio: of the medians, to the first server of each block (calls/s; for 1 x 1, µs per call);")
+    print("rounds: the lowest and highest per-round ratio; cpu: server / generator share of a core")
+    print(f"{'shape, load':24} {'server':36} {'calls/s':>9} {'µs/call':>8} {'ratio':>6} {'rounds':>11} {'cpu':>10}")
     for row in rows:
+        reference = find(rows, row.shape, row.load, SHAPES[row.shape].reference)
+        per_round = round_ratios(row, reference)
+        server_cpu = "-" if row.server_cpu is None else f"{row.server_cpu:.2f}"
+        label = f"{row.shape}, {row.load[0]} x {row.load[1]}" if row is reference else ""
         print(
-            f"{row.name:38} {row.pipelined:18,.0f} {row.pipelined / reference.pipelined:6.2f} "
-            f"{row.sequential_us:19,.1f} {row.sequential_us / reference.sequential_us:6.2f}"
+            f"{label:24} {row.name:36} {row.calls_per_s:9,.0f} {row.us_per_call:8.1f} {ratio(row, reference):6.2f} "
+            f"{min(per_round):5.2f}-{max(per_round):4.2f} {server_cpu:>4} / {row.generator_cpu:.2f}"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     options = parser.parse_args()
-    print_table(measure(options.seconds, options.repeat), options.seconds, options.repeat)
+    rows = measure(options.seconds, options.repeat, tuple(options.shapes))
+    print_table(rows, options.seconds, options.repeat)
 
 
 if __name__ == "__main__":
