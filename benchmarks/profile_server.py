@@ -2,8 +2,9 @@
 
 Starts `synapse serve` on core 0, the Node `ws` generator on core 1 (pipelined 8 x --window, 16 by
 default, or --sequential 1 x 1; the requests of servers.py's --shape, three-key by default), and samples
-the server with `py-spy record` for --seconds. Prints the functions that take the most time (own time and with callees), as a share of the server's samples; --save
-writes that summary and the collapsed stacks (for flamegraph tools) next to each other.
+the server with `py-spy record` for --seconds. Prints the functions that take the most time (own time
+and with callees), as a share of the server's samples; --save writes that summary and the collapsed
+stacks (for flamegraph tools) next to each other.
 
     python benchmarks/profile_server.py [--seconds 8] [--sequential] [--shape seed] [--window 128]
         [--save benchmarks/profiles/after]
