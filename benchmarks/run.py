@@ -1,17 +1,22 @@
 """Every benchmark's comparison in one run, then one summary table against the targets: `make bench`.
 
 Imports each script's measure() and runs them in turn, each printing its own table as it finishes:
-  servers.py        synapse serve vs bare Starlette (and raw websockets), Node generator, pipelined and sequential;
+  servers.py        synapse serve vs bare Starlette on the seed's message shape (string ids) and vs npm
+                    rpc-websockets on JSON-RPC (and the earlier three-key shape vs bare Starlette and raw
+                    websockets), Node generator, pipelined 8 x 128 and 8 x 16, sequential 1 x 1;
   pipelined.py      synapse Client + gather vs a bare pipelined websockets loop;
   bench_vs_bare.py  synapse bench vs a bare picows loop (and Node ws);
   coldstart.py      synapse call / synapse --help wall time vs a minimal websockets script;
   memory.py         RSS per idle connection and churn drift, synapse serve vs bare Starlette;
-  workers.py        synapse serve --workers 2 vs --workers 1 (not pinned), CPU-bound and transport-bound calls.
+  workers.py        synapse serve --workers 2 vs --workers 1 (not pinned), CPU-bound and transport-bound calls;
+  fairness.py       one connection's sequential round trips while another floods cancels, vs no flood.
 Then a summary: each comparison, the synapse figure, the reference figure, the ratio, the target and
 whether it is met. A comparison with no target set is informational. A script that fails is reported
-in the summary (exit status 1); missed targets do not change the exit status.
+in the summary (exit status 1); missed targets do not change the exit status. Without Node or
+`npm install` in benchmarks/node, the scripts that need them are skipped with one line saying what to
+install.
 
-The defaults take about 2.5 minutes on 2 cores; --quick is a smoke run (under a minute) whose figures are
+The defaults take about 6 minutes on 2 cores; --quick is a smoke run (under a minute) whose figures are
 too short to trust.
 
     (cd benchmarks/node && npm install) && python benchmarks/run.py [--quick]
@@ -28,13 +33,17 @@ from dataclasses import dataclass
 
 import bench_vs_bare
 import coldstart
+import fairness
 import memory
 import pipelined
 import servers
 import workers
 
-PIPELINED_TARGET = 1.0  # issue 5 (benchmarks/README.md): synapse serve ≥ 1.0x bare Starlette, pipelined
-SEQUENTIAL_TARGET = 1.1  # issue 5: ≤ 1.1x bare Starlette's µs per sequential call
+SEED_TARGET = 1.2  # issue 10: synapse serve ≥ 1.2x bare Starlette, pipelined, the seed's message shape
+JSONRPC_TARGET = 0.8  # issue 10: ≥ 0.8x npm rpc-websockets on JSON-RPC, pipelined
+SEED_SEQUENTIAL_TARGET = 1.0  # issue 10: ≤ 1.0x bare Starlette's µs per sequential call, seed shape
+PIPELINED_TARGET = 1.0  # issue 5 (benchmarks/README.md): ≥ 1.0x bare Starlette, pipelined, three-key shape
+SEQUENTIAL_TARGET = 1.1  # issue 5: ≤ 1.1x bare Starlette's µs per sequential call, three-key shape
 CLIENT_TARGET = 0.8  # issue 5: Client + gather ≥ 0.8x a bare pipelined websockets loop
 
 
@@ -50,31 +59,49 @@ class Summary:
     met: bool | None = None
 
 
+def comparison(rows: list[servers.Row], shape: str, load: tuple[int, int], target: float | None) -> Summary:
+    """One servers.py comparison: synapse against the shape's reference under one load."""
+    reference = servers.find(rows, shape, load, servers.SHAPES[shape].reference)
+    ours = servers.find(rows, shape, load, servers.SYNAPSE)
+    ratio = servers.ratio(ours, reference)
+    versus = "bare Starlette" if reference.name == servers.REFERENCE else "rpc-websockets"
+    label = f"serve vs {versus}, {shape}, {load[0]}x{load[1]}"
+    if ours.sequential:
+        figures = f"{ours.us_per_call:,.1f} µs/call", f"{reference.us_per_call:,.1f} µs/call"
+        return Summary(label, *figures, ratio, *((f"≤ {target:.2f}x", ratio <= target) if target else ()))
+    figures = f"{ours.calls_per_s:,.0f} calls/s", f"{reference.calls_per_s:,.0f} calls/s"
+    return Summary(label, *figures, ratio, *((f"≥ {target:.2f}x", ratio >= target) if target else ()))
+
+
 def run_servers(quick: bool) -> list[Summary]:
-    seconds, repeat = (1.0, 1) if quick else (3.0, 3)
+    seconds, repeat = (1.0, 1) if quick else (2.0, 3)
     rows = servers.measure(seconds, repeat)
     servers.print_table(rows, seconds, repeat)
-    reference = next(row for row in rows if row.name == servers.REFERENCE)
-    ours = next(row for row in rows if row.name == servers.SYNAPSE)
-    throughput = ours.pipelined / reference.pipelined
-    latency = ours.sequential_us / reference.sequential_us
+    pipelined, pipelined_16, sequential = servers.PIPELINED, servers.PIPELINED_16, servers.SEQUENTIAL
+    return [
+        comparison(rows, "seed", pipelined, SEED_TARGET),
+        comparison(rows, "seed", pipelined_16, SEED_TARGET),
+        comparison(rows, "seed", sequential, SEED_SEQUENTIAL_TARGET),
+        comparison(rows, "jsonrpc", pipelined, JSONRPC_TARGET),
+        comparison(rows, "jsonrpc", pipelined_16, JSONRPC_TARGET),
+        comparison(rows, "jsonrpc", sequential, None),
+        comparison(rows, "three-key", pipelined_16, PIPELINED_TARGET),
+        comparison(rows, "three-key", sequential, SEQUENTIAL_TARGET),
+    ]
+
+
+def run_fairness(quick: bool) -> list[Summary]:
+    seconds, repeat = (1.0, 1) if quick else (2.0, 3)
+    quiet, flooded = fairness.measure(seconds, repeat)
+    fairness.print_table([quiet, flooded], seconds, repeat)
     return [
         Summary(
-            "serve vs bare Starlette, pipelined 8x16",
-            f"{ours.pipelined:,.0f} calls/s",
-            f"{reference.pipelined:,.0f} calls/s",
-            throughput,
-            f"≥ {PIPELINED_TARGET:.2f}x",
-            throughput >= PIPELINED_TARGET,
-        ),
-        Summary(
-            "serve vs bare Starlette, sequential 1x1",
-            f"{ours.sequential_us:,.1f} µs/call",
-            f"{reference.sequential_us:,.1f} µs/call",
-            latency,
-            f"≤ {SEQUENTIAL_TARGET:.2f}x",
-            latency <= SEQUENTIAL_TARGET,
-        ),
+            f"round trip p{percentile:g} under a cancel flood vs none",
+            f"{flooded.us(percentile):,.1f} µs",
+            f"{quiet.us(percentile):,.1f} µs",
+            flooded.us(percentile) / quiet.us(percentile),
+        )
+        for percentile in (50, 99)
     ]
 
 
@@ -188,7 +215,9 @@ SECTIONS: dict[str, Callable[[bool], list[Summary]]] = {
     "coldstart.py": run_coldstart,
     "memory.py": run_memory,
     "workers.py": run_workers,
+    "fairness.py": run_fairness,
 }
+NEEDS_NODE = {"servers.py", "workers.py"}  # bench_vs_bare.py skips its Node row by itself
 
 
 def print_summary(lines: list[Summary]) -> None:
@@ -211,6 +240,11 @@ def main() -> None:
         if options.only and name not in options.only:
             continue
         print(f"\n== {name}", flush=True)
+        problem = servers.missing_node() if name in NEEDS_NODE else None
+        if problem is not None:
+            print(f"{name}: skipped, {problem}")
+            lines.append(Summary(f"{name}: skipped (Node)", "—", "—", None, "—", None))
+            continue
         try:
             lines += section(options.quick)
         except (Exception, SystemExit) as exc:  # the scripts stop with SystemExit("why") on setup failures
