@@ -73,6 +73,14 @@ def comparison(rows: list[servers.Row], shape: str, load: tuple[int, int], targe
     return Summary(label, *figures, ratio, *((f"≥ {target:.2f}x", ratio >= target) if target else ()))
 
 
+def per_cpu_second(rows: list[servers.Row], shape: str, load: tuple[int, int]) -> Summary:
+    """The same comparison in calls per second of the server's CPU time (what a busy machine changes least)."""
+    reference = servers.find(rows, shape, load, servers.SHAPES[shape].reference)
+    ours = servers.find(rows, shape, load, servers.SYNAPSE)
+    figures = [f"{row.calls_per_cpu_s:,.0f} /cpu-s" if row.calls_per_cpu_s else "—" for row in (ours, reference)]
+    return Summary("  same, calls per server CPU-second", *figures, servers.cpu_ratio(ours, reference))
+
+
 def run_servers(quick: bool) -> list[Summary]:
     seconds, repeat = (1.0, 1) if quick else (2.0, 3)
     rows = servers.measure(seconds, repeat)
@@ -80,9 +88,11 @@ def run_servers(quick: bool) -> list[Summary]:
     pipelined, pipelined_16, sequential = servers.PIPELINED, servers.PIPELINED_16, servers.SEQUENTIAL
     return [
         comparison(rows, "seed", pipelined, SEED_TARGET),
+        per_cpu_second(rows, "seed", pipelined),
         comparison(rows, "seed", pipelined_16, SEED_TARGET),
         comparison(rows, "seed", sequential, SEED_SEQUENTIAL_TARGET),
         comparison(rows, "jsonrpc", pipelined, JSONRPC_TARGET),
+        per_cpu_second(rows, "jsonrpc", pipelined),
         comparison(rows, "jsonrpc", pipelined_16, JSONRPC_TARGET),
         comparison(rows, "jsonrpc", sequential, None),
         comparison(rows, "three-key", pipelined_16, PIPELINED_TARGET),

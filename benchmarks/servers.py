@@ -20,7 +20,10 @@ Every reply is checked (a result, no error, an id of the type sent); a server th
 stops the run. Rounds are interleaved (every shape, load and server once per round, the servers of one
 comparison back to back) and the table shows medians of --repeat rounds, the ratio of the medians to the
 comparison's reference, the range of the per-round ratios, and the CPU share of the server (its core) and of
-the generator during the measured seconds: a generator near 1.00 while the server is not is measuring itself.
+the generator during the measured seconds: a generator near 1.00 while the server is not is measuring itself,
+and a server well under 1.00 while the generator is too shared its core with something else. Calls per
+second of the server's CPU time (and their ratio) are what each call costs the server whoever else runs on
+the machine: read them when the CPU shares show that the machine was busy.
 
     (cd benchmarks/node && npm install) && python benchmarks/servers.py [--seconds 3] [--repeat 3] [--shapes ...]
 """
@@ -111,6 +114,12 @@ class Row:
         return statistics.median(shares) if shares else None
 
     @property
+    def calls_per_cpu_s(self) -> float | None:
+        """Calls per second of the server's CPU time (median of the rounds): what it costs, whoever else runs."""
+        rates = [run.calls_per_s / run.server_cpu for run in self.runs if run.server_cpu]
+        return statistics.median(rates) if rates else None
+
+    @property
     def generator_cpu(self) -> float:
         return statistics.median(run.generator_cpu for run in self.runs)
 
@@ -122,6 +131,13 @@ class Row:
 def ratio(row: Row, reference: Row) -> float:
     """Throughput ratio (> 1: faster than the reference); for 1 x 1, the latency ratio (< 1: lower latency)."""
     return row.us_per_call / reference.us_per_call if row.sequential else row.calls_per_s / reference.calls_per_s
+
+
+def cpu_ratio(row: Row, reference: Row) -> float | None:
+    """The ratio of calls per server CPU-second (> 1: cheaper per call than the reference), when /proc tells."""
+    if row.calls_per_cpu_s is None or reference.calls_per_cpu_s is None:
+        return None
+    return row.calls_per_cpu_s / reference.calls_per_cpu_s
 
 
 def round_ratios(row: Row, reference: Row) -> list[float]:
@@ -299,16 +315,23 @@ def find(rows: list[Row], shape: str, load_: tuple[int, int], name: str) -> Row:
 def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
     print(f"Node ws generator on core 1, servers on core 0; median of {repeat} rounds x {seconds:g} s")
     print("ratio: of the medians, to the first server of each block (calls/s; for 1 x 1, µs per call);")
-    print("rounds: the lowest and highest per-round ratio; cpu: server / generator share of a core")
-    print(f"{'shape, load':24} {'server':36} {'calls/s':>9} {'µs/call':>8} {'ratio':>6} {'rounds':>11} {'cpu':>10}")
+    print("rounds: the lowest and highest per-round ratio; cpu: server / generator share of a core;")
+    print("calls/cpu-s: calls per second of the server's CPU time, and its ratio to the reference's")
+    print(
+        f"{'shape, load':20} {'server':36} {'calls/s':>9} {'µs/call':>8} {'ratio':>6} {'rounds':>10} {'cpu':>11} "
+        f"{'calls/cpu-s':>11} {'ratio':>6}"
+    )
     for row in rows:
         reference = find(rows, row.shape, row.load, SHAPES[row.shape].reference)
         per_round = round_ratios(row, reference)
         server_cpu = "-" if row.server_cpu is None else f"{row.server_cpu:.2f}"
+        per_cpu = "-" if row.calls_per_cpu_s is None else f"{row.calls_per_cpu_s:,.0f}"
+        per_cpu_ratio = cpu_ratio(row, reference)
         label = f"{row.shape}, {row.load[0]} x {row.load[1]}" if row is reference else ""
         print(
-            f"{label:24} {row.name:36} {row.calls_per_s:9,.0f} {row.us_per_call:8.1f} {ratio(row, reference):6.2f} "
-            f"{min(per_round):5.2f}-{max(per_round):4.2f} {server_cpu:>4} / {row.generator_cpu:.2f}"
+            f"{label:20} {row.name:36} {row.calls_per_s:9,.0f} {row.us_per_call:8.1f} {ratio(row, reference):6.2f} "
+            f"{min(per_round):4.2f}-{max(per_round):4.2f} {server_cpu:>4} / {row.generator_cpu:.2f} {per_cpu:>11} "
+            f"{'-' if per_cpu_ratio is None else f'{per_cpu_ratio:.2f}':>6}"
         )
 
 
