@@ -11,7 +11,8 @@ flight, and records each round trip in an HDR histogram. Rounds alternate, --rep
     start; the round trips are measured while it floods.
 
 The histograms of each condition are merged over the rounds; the table shows p50, p99 and max round-trip
-µs, the flood's rate (cancels/s written, as the server read them), and flood / quiet ratios. A fair
+µs, the server's CPU share (near 1.00 under the flood: the server, not the flooder, sets the flood's pace),
+the flood's rate (cancels/s written, as the server read them), and flood / quiet ratios. A fair
 server keeps the flood's cost to about one read's worth of messages per round trip. The clients speak
 just enough RFC 6455 (as memory.py does), so the measurement costs the same in both conditions. Only
 synapse is measured: the bare references do not know cancel.
@@ -23,18 +24,21 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import socket
+import statistics
 import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 from hdrh.histogram import HdrHistogram
-from servers import free_port, pinned, start_server
+from servers import cpu_seconds, free_port, pinned, start_server
 
 SYNAPSE = "synapse serve"
 TEXT = 0x1
@@ -48,6 +52,7 @@ class Condition:
     name: str
     histogram: HdrHistogram
     flood_rate: float | None = None
+    server_cpu: list[float] = field(default_factory=list)  # share of a core, per round
 
     def us(self, percentile: float) -> float:
         return float(self.histogram.get_value_at_percentile(percentile)) / 1000
@@ -167,6 +172,14 @@ def flooded_round_trips(port: int, seconds: float, histogram: HdrHistogram) -> f
     return rate
 
 
+@contextlib.contextmanager
+def server_share(pid: int, condition: Condition) -> Iterator[None]:
+    """Append the server's CPU share (of one core) over the block to ``condition.server_cpu``."""
+    start, cpu = time.perf_counter(), cpu_seconds(pid)
+    yield
+    condition.server_cpu.append((cpu_seconds(pid) - cpu) / (time.perf_counter() - start))
+
+
 def measure(seconds: float = 3.0, repeat: int = 3) -> list[Condition]:
     """Quiet and flooded rounds, alternating, against one `synapse serve` on core 0."""
     port = free_port()
@@ -180,25 +193,31 @@ def measure(seconds: float = 3.0, repeat: int = 3) -> list[Condition]:
     server = start_server(command, f"ws://127.0.0.1:{port}/ws")
     try:
         for _ in range(repeat):
-            round_trips(port, seconds, quiet.histogram)
-            rates.append(flooded_round_trips(port, seconds, flooded.histogram))
+            with server_share(server.pid, quiet):
+                round_trips(port, seconds, quiet.histogram)
+            with server_share(server.pid, flooded):
+                rates.append(flooded_round_trips(port, seconds, flooded.histogram))
             time.sleep(0.5)  # what the flood left in the socket buffers is read and dropped
     finally:
         server.terminate()
         server.wait(10)
-    flooded.flood_rate = sorted(rates)[len(rates) // 2]
+    flooded.flood_rate = statistics.median(rates)
     return [quiet, flooded]
 
 
 def print_table(conditions: list[Condition], seconds: float, repeat: int) -> None:
     quiet, flooded = conditions
     print(f"{SYNAPSE} on core 0, clients on core 1; sequential seed-shape calls, {repeat} rounds x {seconds:g} s each")
-    print(f"{'condition':10} {'calls':>8} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>10} {'flood cancels/s':>16}")
+    print("server cpu: its share of core 0 (median of the rounds); flood: cancels/s written, as the server read them")
+    print(
+        f"{'condition':10} {'calls':>8} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>10} {'server cpu':>11} "
+        f"{'flood cancels/s':>16}"
+    )
     for condition in conditions:
         rate = "" if condition.flood_rate is None else f"{condition.flood_rate:,.0f}"
         print(
             f"{condition.name:10} {condition.count:8,} {condition.us(50):9.1f} {condition.us(99):9.1f} "
-            f"{condition.max_us:10.1f} {rate:>16}"
+            f"{condition.max_us:10.1f} {statistics.median(condition.server_cpu):11.2f} {rate:>16}"
         )
     print(
         f"{'flood/quiet':10} {'':8} {flooded.us(50) / quiet.us(50):9.2f} {flooded.us(99) / quiet.us(99):9.2f} "
