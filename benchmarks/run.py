@@ -19,17 +19,22 @@ install.
 The defaults take about 6 minutes on 2 cores; --quick is a smoke run (under a minute) whose figures are
 too short to trust.
 
-    (cd benchmarks/node && npm install) && python benchmarks/run.py [--quick]
+--baseline DIR (a checkout of older synapse code) runs that code's synapse serve next to this one in
+servers.py, and the summary compares the two: before and after in one run.
+
+    (cd benchmarks/node && npm install) && python benchmarks/run.py [--quick] [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import bench_vs_bare
 import coldstart
@@ -81,12 +86,25 @@ def per_cpu_second(rows: list[servers.Row], shape: str, load: tuple[int, int]) -
     return Summary("  same, calls per server CPU-second", *figures, servers.cpu_ratio(ours, reference))
 
 
-def run_servers(quick: bool) -> list[Summary]:
+def against_baseline(rows: list[servers.Row], shape: str, load: tuple[int, int]) -> Summary:
+    """This code's synapse serve against the --baseline code's, same shape and load, same run."""
+    ours, older = (servers.find(rows, shape, load, name) for name in (servers.SYNAPSE, servers.BASELINE))
+    ratio = servers.ratio(ours, older)
+    if ours.sequential:
+        return Summary(f"serve vs --baseline, {shape}, 1x1", f"{ours.us_per_call:,.1f} µs/call",
+                       f"{older.us_per_call:,.1f} µs/call", ratio)  # fmt: skip
+    label = f"serve vs --baseline, {shape}, {load[0]}x{load[1]}"
+    return Summary(label, f"{ours.calls_per_s:,.0f} calls/s", f"{older.calls_per_s:,.0f} calls/s", ratio)
+
+
+def run_servers(quick: bool, baseline: Path | None = None) -> list[Summary]:
     seconds, repeat = (1.0, 1) if quick else (2.0, 3)
-    rows = servers.measure(seconds, repeat)
+    rows = servers.measure(seconds, repeat, baseline=baseline)
     servers.print_table(rows, seconds, repeat)
     pipelined, pipelined_16, sequential = servers.PIPELINED, servers.PIPELINED_16, servers.SEQUENTIAL
-    return [
+    before = [against_baseline(rows, shape, load) for shape, load in
+              (("seed", pipelined), ("jsonrpc", pipelined), ("seed", sequential))] if baseline else []  # fmt: skip
+    return before + [
         comparison(rows, "seed", pipelined, SEED_TARGET),
         per_cpu_second(rows, "seed", pipelined),
         comparison(rows, "seed", pipelined_16, SEED_TARGET),
@@ -242,11 +260,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run (figures too short to trust)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these scripts")
+    parser.add_argument("--baseline", type=Path, help="servers.py: also synapse serve from this checkout's code")
     options = parser.parse_args()
+    sections = {**SECTIONS, "servers.py": functools.partial(run_servers, baseline=options.baseline)}
     lines: list[Summary] = []
     failed = False
     start = time.monotonic()
-    for name, section in SECTIONS.items():
+    for name, section in sections.items():
         if options.only and name not in options.only:
             continue
         print(f"\n== {name}", flush=True)

@@ -25,7 +25,12 @@ and a server well under 1.00 while the generator is too shared its core with som
 second of the server's CPU time (and their ratio) are what each call costs the server whoever else runs on
 the machine: read them when the CPU shares show that the machine was busy.
 
+With --baseline DIR (a checkout of older synapse code, e.g. `git archive COMMIT synapse_cli | tar -x -C DIR`),
+that code's `synapse serve` (python -m synapse_cli, DIR first on PYTHONPATH, this environment's dependencies)
+runs next to this one in every comparison: before and after in one run, which a shared machine needs.
+
     (cd benchmarks/node && npm install) && python benchmarks/servers.py [--seconds 3] [--repeat 3] [--shapes ...]
+        [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ REFERENCE = "bare Starlette + orjson (reference)"
 RAW_WEBSOCKETS = "raw websockets + orjson"
 RPC_WEBSOCKETS = "rpc-websockets (Node)"
 SYNAPSE = "synapse serve"
+BASELINE = "synapse serve, --baseline code"
 NODE_PACKAGES = ("ws", "rpc-websockets")  # benchmarks/node/package.json
 
 THREE_KEY_BODY = '{"func": "add_numbers", "args": [1, 2], "id": 0}'
@@ -179,9 +185,12 @@ def find_node() -> str:
     return str(shutil.which("node"))
 
 
-def servers(port: int) -> dict[str, list[str]]:
+def servers(port: int, baseline: Path | None = None) -> dict[str, list[str]]:
+    """Each server's command; BASELINE (with ``baseline``) is synapse serve run from that checkout's code."""
     python, synapse = sys.executable, str(Path(sys.executable).parent / "synapse")
+    older = ["env", f"PYTHONPATH={baseline}", python, "-m", "synapse_cli"] if baseline else []
     return {
+        BASELINE: [*older, "serve", "--port", str(port), "--log-level", "warning"],
         REFERENCE: [python, str(HERE / "reference" / "bare_starlette.py"), str(port)],
         RAW_WEBSOCKETS: [python, str(HERE / "reference" / "raw_websockets.py"), str(port)],
         RPC_WEBSOCKETS: [shutil.which("node") or "node", str(HERE / "node" / "rpc_server.js"), str(port)],
@@ -273,25 +282,38 @@ def generate(
     return load(node, url, connections, window, seconds, core=core, body=body).calls_per_s
 
 
-def measure(seconds: float = 3.0, repeat: int = 3, shapes: tuple[str, ...] = tuple(SHAPES)) -> list[Row]:
+def with_baseline(shape: Shape, baseline: Path | None) -> tuple[str, ...]:
+    """The shape's servers, and the baseline's synapse right after this code's when there is one."""
+    if baseline is None:
+        return shape.servers
+    return tuple(x for name in shape.servers for x in ((name, BASELINE) if name == SYNAPSE else (name,)))
+
+
+def measure(
+    seconds: float = 3.0, repeat: int = 3, shapes: tuple[str, ...] = tuple(SHAPES), baseline: Path | None = None
+) -> list[Row]:
     """All servers up at once (core 0), loaded in turn by the Node generator (core 1), round after round.
 
     Interleaving the rounds spreads the machine's drifts over every server instead of favouring the one
     measured in a quiet minute; the servers of one comparison run back to back, for per-round ratios.
+    With ``baseline`` (a checkout of older synapse code), its synapse serve runs next to this one.
     """
     node = find_node()
-    names = list(dict.fromkeys(name for shape in shapes for name in SHAPES[shape].servers))
+    if baseline is not None and not (baseline / "synapse_cli" / "__init__.py").exists():
+        raise SystemExit(f"--baseline {baseline}: no synapse_cli/ there")
+    lineup = {shape: with_baseline(SHAPES[shape], baseline) for shape in shapes}
+    names = list(dict.fromkeys(name for shape in shapes for name in lineup[shape]))
     ports: dict[str, int] = {}
     for name in names:
         while (port := free_port()) in ports.values():
             pass
         ports[name] = port
     urls = {name: f"ws://127.0.0.1:{port}/ws" for name, port in ports.items()}
-    rows = [Row(s, load_, name) for s in shapes for load_ in SHAPES[s].loads for name in SHAPES[s].servers]
+    rows = [Row(s, load_, name) for s in shapes for load_ in SHAPES[s].loads for name in lineup[s]]
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name in names:
-            command = [*pinned(0), *servers(ports[name])[name]]
+            command = [*pinned(0), *servers(ports[name], baseline)[name]]
             processes[name] = start_server(command, urls[name], probe(name))
         for _ in range(repeat):
             for row in rows:
@@ -340,8 +362,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--baseline", type=Path, help="also run synapse serve from this checkout's code (before/after)")
     options = parser.parse_args()
-    rows = measure(options.seconds, options.repeat, tuple(options.shapes))
+    rows = measure(options.seconds, options.repeat, tuple(options.shapes), options.baseline)
     print_table(rows, options.seconds, options.repeat)
 
 
