@@ -16,7 +16,7 @@ in the summary (exit status 1); missed targets do not change the exit status. Wi
 `npm install` in benchmarks/node, the scripts that need them are skipped with one line saying what to
 install.
 
-The defaults take about 6 minutes on 2 cores; --quick is a smoke run (under a minute) whose figures are
+The defaults take about 7 minutes on 2 cores; --quick is a smoke run (under a minute) whose figures are
 too short to trust.
 
 --baseline DIR (a checkout of older synapse code) runs that code's synapse serve next to this one in
