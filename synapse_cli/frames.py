@@ -123,12 +123,12 @@ class FrameReader:
         """Bytes of an incomplete frame held until the rest arrives."""
         return len(self._pending)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | memoryview) -> list[Frame]:
         """The frames completed by ``data`` (possibly none); raises :class:`FrameError` on a bad frame."""
         pending = self._pending
         if pending:
             pending += data  # append, never copy the whole again: a big frame arrives in many reads
-            buffer: bytes | bytearray = pending
+            buffer: bytes | bytearray | memoryview = pending
         else:
             buffer = data
         frames: list[Frame] = []
@@ -145,7 +145,7 @@ class FrameReader:
             pending += buffer[offset:]
         return frames
 
-    def _next(self, buffer: bytes | bytearray, offset: int, total: int, frames: list[Frame]) -> int:
+    def _next(self, buffer: bytes | bytearray | memoryview, offset: int, total: int, frames: list[Frame]) -> int:
         """Parse the frame at ``offset`` into ``frames``; its end, or -1 when it is not complete yet."""
         first, second = buffer[offset], buffer[offset + 1]
         opcode = first & 0x0F

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["FIELDS", "JSONFormatter", "RateLimitedLog", "SafeLogFilter", "log_config"]
+__all__ = ["FIELDS", "JSONFormatter", "RateLimitedLog", "SafeLogFilter", "log_config", "loggable"]
 
 # The structured fields a record may carry (passed with ``extra=``); nothing else reaches JSON logs.
 FIELDS = ("connection", "peer", "call_id", "function", "duration_ms", "outcome", "code", "suppressed")
@@ -69,6 +69,15 @@ class SafeLogFilter(logging.Filter):
         return True
 
 
+def loggable(text: str, limit: int) -> str:
+    """``text`` safe for one log line: at most ``limit`` characters kept, control characters escaped."""
+    extra = len(text) - limit
+    text = text[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return f"{text}... ({extra} more characters)" if extra > 0 else text
+
+
 class RateLimitedLog:
     """At most one line per ``interval`` seconds for a repeated event; the lines skipped are counted."""
 
@@ -85,12 +94,13 @@ class RateLimitedLog:
             self._suppressed += 1
             return
         self._last = now
+        text = message % args if args else message
         if self._suppressed:
             fields["suppressed"] = self._suppressed
-            message += " (%d similar suppressed)"
-            args = (*args, self._suppressed)
+            first, newline, rest = text.partition("\n")  # the note ends the first line
+            text = f"{first} ({self._suppressed} similar suppressed){newline}{rest}"
             self._suppressed = 0
-        logger.log(level, message, *args, extra=fields)
+        logger.log(level, "%s", text, extra=fields)
 
 
 def log_config(level: str, log_format: str) -> dict[str, Any]:

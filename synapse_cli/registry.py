@@ -25,6 +25,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import SchemaValidator
 
 from synapse_cli.errors import RPCError
+from synapse_cli.logs import RateLimitedLog, loggable
 from synapse_cli.protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -354,9 +355,25 @@ def error_from_exception(exc: BaseException, *, debug: bool = False, function: s
     """
     if isinstance(exc, RPCError):
         return ErrorInfo(exc.code, exc.message, exc.data, verbatim=True)
-    logger.error("function %s raised %s", function or "?", type(exc).__name__, exc_info=exc)
+    _log_exception(function or "?", exc)
     data: dict[str, Any] = {"type": type(exc).__name__}
     if debug:
         data["message"] = str(exc)
         data["traceback"] = "".join(traceback.format_exception(exc))
     return ErrorInfo(INTERNAL_ERROR, "internal error", data)
+
+
+MAX_LOGGED_TEXT: Final = 500  # characters of an exception's message that reach the log
+_MAX_LOGGED_STACK: Final = 4000
+_exception_logs: dict[str, RateLimitedLog] = {}
+
+
+def _log_exception(function: str, exc: BaseException) -> None:
+    """Log a function's exception: once a second per function (the rest counted), its message escaped
+    and capped, so callers can neither flood the log nor forge lines in it."""
+    log = _exception_logs.get(function)
+    if log is None:
+        log = _exception_logs.setdefault(function, RateLimitedLog())
+    stack = "".join(traceback.format_tb(exc.__traceback__))[-_MAX_LOGGED_STACK:]
+    text = loggable(str(exc), MAX_LOGGED_TEXT)
+    log(logger, logging.ERROR, "function %s raised %s: %s\n%s", function, type(exc).__name__, text, stack)

@@ -34,8 +34,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from synapse_cli.connection import Connection
-from synapse_cli.frames import OP_TEXT, FrameError, FrameReader, frame_header
+from synapse_cli.connection import CLOSE_GRACE, Connection
+from synapse_cli.frames import OP_CLOSE, OP_TEXT, Frame, FrameError, FrameReader, frame_header
 from synapse_cli.logs import SafeLogFilter
 from synapse_cli.server import SUBPROTOCOL
 
@@ -55,12 +55,15 @@ logger = logging.getLogger("synapse.server")
 # payloads out of the log.
 wire_logger = logging.getLogger("synapse.wire")
 wire_logger.addFilter(SafeLogFilter())
+# websockets says "connection open" at INFO and never "connection closed": ours say both (at DEBUG).
+wire_logger.addFilter(lambda record: record.msg != "connection open")
 
 CLOSE_TIMEOUT = 2.0  # seconds a peer gets to answer our close frame before the TCP connection is closed
 MAX_FRAGMENTS = 1024  # frames one fragmented message may take, empty ones included
 MAX_HEADER_BYTES = 64 * 1024  # an HTTP request's head (request line + headers)
 
 _OPEN = State.OPEN
+_TURN_BYTES = 4096  # bytes of input one connection handles before the others get a turn
 _FLUSH_AT = 16 * 1024  # bytes of stream items held for one write before they leave anyway
 _numbers = itertools.count(1)
 
@@ -85,6 +88,7 @@ class _WebSocket:
         self._flush_soon = False
         self._writable = True
         self._saturated = False
+        self._yielding = False  # reading paused until the other connections had their turn
         self._reading = True
         self._fragments: bytearray | None = None  # a fragmented text message being assembled
         self._fragment_count = 0
@@ -92,6 +96,7 @@ class _WebSocket:
         self._ping: bytes | None = None  # the keepalive ping waiting for its pong
         self._closing = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # streams waiting for the peer to read
+        self._held: list[bytes] | None = None  # a close frame (and what followed it) waiting for replies
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -109,6 +114,11 @@ class _WebSocket:
         else:
             self._frames(data)
         self._flush()
+
+    def _take_turn(self) -> None:
+        if self._yielding:
+            self._yielding = False
+            self._set_reading()
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -194,24 +204,71 @@ class _WebSocket:
 
     # -- frames in ---------------------------------------------------------------------------------
 
-    def _frames(self, data: bytes) -> None:
+    def _frames(self, data: bytes | memoryview) -> None:
+        """Take at most ``_TURN_BYTES`` of ``data`` now; the rest waits until every other connection had
+        its turn (an event loop would otherwise keep reading this socket while it has data)."""
+        rest = None
+        if len(data) > _TURN_BYTES:
+            view = memoryview(data)
+            data, rest = view[:_TURN_BYTES], view[_TURN_BYTES:]
         try:
             frames = self.reader.feed(data)
         except FrameError as exc:
             self._fail(exc.code, exc.reason)
             return
+        self._process(frames)
+        if rest is not None and not self._closing:
+            self._pause_turn()
+            self.loop.call_soon(self._next_turn, rest)
+
+    def _next_turn(self, rest: memoryview) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._frames(rest)
+        self._flush()
+        if len(rest) <= _TURN_BYTES:
+            self._take_turn()
+
+    def _process(self, frames: list[Frame]) -> None:
         connection = self.connection
         assert connection is not None
         for frame in frames:
-            if frame.opcode == OP_TEXT and frame.fin and self._fragments is None and self.ws.state is _OPEN:
+            if self._held is not None:  # behind a close frame that waits for the calls before it
+                self._held.append(frame.raw)
+            elif frame.opcode == OP_TEXT and frame.fin and self._fragments is None and self.ws.state is _OPEN:
                 try:
                     text = frame.payload.decode()
                 except UnicodeDecodeError:
                     self._fail(1007, "invalid UTF-8 in a text message")
                     return
                 connection.receive(text)
+            elif frame.opcode == OP_CLOSE and self.ws.state is _OPEN and connection.session.calls:
+                self._hold_close(frame.raw, connection)
+            elif self.ws.state is not _OPEN and frame.opcode < OP_CLOSE:
+                continue  # data after a close: nobody will read its replies
             elif not self._to_websockets(frame.raw):
                 return
+
+    def _pause_turn(self) -> None:
+        """Stop reading until the other connections had their turn (see ``_take_turn``)."""
+        self._yielding = True
+        self._set_reading()
+
+    def _hold_close(self, raw: bytes, connection: Connection) -> None:
+        """The peer closes with calls in flight: their replies go out first (for ``CLOSE_GRACE`` at most)."""
+        self._held = [raw]
+        connection.act(connection.session.stop_all(None, streams_only=True))  # nobody reads items now
+        self._set_reading()
+        self._later(CLOSE_GRACE, self._release_close)
+        if not connection.session.calls:
+            self._release_close()
+
+    def _release_close(self) -> None:
+        held, self._held = self._held, None
+        for raw in held or ():
+            if not self._to_websockets(raw):
+                break
+        self._flush()
 
     def _to_websockets(self, raw: bytes) -> bool:
         """A frame for websockets' rules (control, fragment, binary); False once the connection failed."""
@@ -286,13 +343,15 @@ class _WebSocket:
 
     def update_reading(self, saturated: bool) -> None:
         """Stop reading while calls wait for a slot (the Link of our :class:`Connection`)."""
+        if self._held is not None and self.connection is not None and not self.connection.session.calls:
+            self.loop.call_soon(self._release_close)  # the last reply before the close is written
         if saturated is not self._saturated:
             self._saturated = saturated
             self._set_reading()
 
     def _set_reading(self) -> None:
         """Read while the peer reads our replies and a call slot is free; else let TCP push back."""
-        want = self._writable and not self._saturated
+        want = self._writable and not self._saturated and self._held is None and not self._yielding
         if want is not self._reading and self.transport is not None and not self.transport.is_closing():
             self._reading = want
             if want:
@@ -408,14 +467,17 @@ class _GuardedHTTP(asyncio.Protocol):
     def _watch(self, data: bytes) -> None:
         """Track where each request's head ends; enforce its deadline and size."""
         view = self._tail + data
-        position = 0
+        position = len(self._tail)
         while position < len(view):
             if self._head < 0:  # a new request begins
                 self._head = 0
                 self._arm()
-            end = view.find(b"\r\n\r\n", position)
+            end = view.find(b"\r\n\r\n", max(position - 3, 0))
             if end < 0:
-                self._head += len(data)
+                self._head += len(view) - position
+                break
+            self._head += max(end - position, 0)
+            if self._head > MAX_HEADER_BYTES:
                 break
             self._head = -1  # the head is complete: what follows is a body or the next request
             self._disarm()
