@@ -99,9 +99,16 @@ class Connection:
     def receive(self, text: str) -> None:
         """One text message from the peer."""
         actions = self.session.receive(text)
-        if self.metrics is not None:
-            self.metrics.received(text)
-        self.act(actions)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.received(text)
+        if len(actions) == 1 and type(actions[0]) is Reply and self._idle is None:  # most messages: one reply
+            data = actions[0].data
+            self.link.write(data)
+            if metrics is not None:
+                metrics.sent(len(data))
+        elif actions or self.session.saturated:
+            self.act(actions)
 
     def abandon(self) -> None:
         """The peer is gone: stop every call, answer nothing."""

@@ -242,8 +242,11 @@ def _plain_call(obj: dict[str, Any]) -> Request | None:
         return None
     kind = type(args)
     values = args if kind is list else args.values() if kind is dict else None
-    if values is None or not all(type(value) in _SCALARS for value in values):
+    if values is None:
         return None
+    for value in values:
+        if type(value) not in _SCALARS:
+            return None
     return Request(CALL, request_id, dialect, func, args)
 
 

@@ -89,6 +89,7 @@ class _WebSocket:
         self._writable = True
         self._saturated = False
         self._yielding = False  # reading paused until the other connections had their turn
+        self._backlog: memoryview | None = None  # input past this turn's share, for the next turn
         self._reading = True
         self._fragments: bytearray | None = None  # a fragmented text message being assembled
         self._fragment_count = 0
@@ -204,7 +205,13 @@ class _WebSocket:
 
     # -- frames in ---------------------------------------------------------------------------------
 
-    def _frames(self, data: bytes | memoryview) -> None:
+    def _frames(self, data: bytes) -> None:
+        if self._backlog is not None:  # a transport that delivers data while paused: keep the order
+            self._backlog = memoryview(bytes(self._backlog) + data)
+            return
+        self._consume(data)
+
+    def _consume(self, data: bytes | memoryview) -> None:
         """Take at most ``_TURN_BYTES`` of ``data`` now; the rest waits until every other connection had
         its turn (an event loop would otherwise keep reading this socket while it has data)."""
         rest = None
@@ -218,15 +225,17 @@ class _WebSocket:
             return
         self._process(frames)
         if rest is not None and not self._closing:
+            self._backlog = rest
             self._pause_turn()
-            self.loop.call_soon(self._next_turn, rest)
+            self.loop.call_soon(self._next_turn)
 
-    def _next_turn(self, rest: memoryview) -> None:
-        if self.transport is None or self.transport.is_closing():
+    def _next_turn(self) -> None:
+        rest, self._backlog = self._backlog, None
+        if rest is None or self.transport is None or self.transport.is_closing():
             return
-        self._frames(rest)
+        self._consume(rest)
         self._flush()
-        if len(rest) <= _TURN_BYTES:
+        if self._backlog is None:
             self._take_turn()
 
     def _process(self, frames: list[Frame]) -> None:
