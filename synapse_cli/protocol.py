@@ -95,7 +95,8 @@ _OPS: Final = {"call": CALL, "list": LIST, "cancel": CANCEL}
 _SCALARS: Final = frozenset({int, str, bool, type(None)})
 # A string token (skipped whole), a number token, or a bracket: enough to check what orjson lets pass.
 _TOKEN: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[\[\]{}]', re.ASCII)
-_SHORTEST_HIDDEN: Final = MAX_DEPTH  # no shorter text can nest too deep or hold a 64-bit-overflowing integer
+# Fewer characters than this cannot hide what the checks refuse: 65 brackets, or a 20-digit integer.
+_SHORTEST_HIDDEN: Final = 19
 _LONG_DIGITS: Final = re.compile(r"\d{19}", re.ASCII)  # ASCII: several times faster, and JSON digits are ASCII
 
 
@@ -193,6 +194,19 @@ def _checked(text: str | bytes, value: Any) -> tuple[Any, str | None]:
         if reason:
             return None, f"parse error: {reason}"
     return value, None
+
+
+def _nothing_hidden(text: str | bytes, value: Any) -> bool:
+    """True when ``text`` holds no more than ``value`` shows, so the checks of ``_checked`` can be skipped.
+
+    A key given twice keeps only its last value: the first one is in the text, not in ``value``. An ASCII
+    text is never shorter than the compact encoding of what it parsed to, so what it may hide besides
+    is at most the difference in length (whitespace included): below ``_SHORTEST_HIDDEN``, nothing
+    the checks refuse fits. (``value`` holds only strings, integers, booleans and nulls here.)
+    """
+    if type(text) is str and not text.isascii():
+        return False
+    return len(text) - len(orjson.dumps(value)) < _SHORTEST_HIDDEN
 
 
 def _valid_id(value: Any, dialect: Dialect) -> bool:
@@ -326,7 +340,7 @@ def decode_frame(text: str | bytes, *, max_batch: int = 1000) -> Frame:
         request = _plain_call(value)
         # The text is checked too when it is long enough to hide what the value no longer shows (a
         # duplicated key's first value, dropped by the parser): every request passes the same checks.
-        if request is not None and (len(text) < _SHORTEST_HIDDEN or _checked(text, value)[1] is None):
+        if request is not None and (_nothing_hidden(text, value) or _checked(text, value)[1] is None):
             return Frame([request])
     value, reason = _checked(text, value)
     if reason:
