@@ -12,6 +12,7 @@ import collections.abc
 import inspect
 import logging
 import traceback
+import types
 import typing
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ class Function:
     _named: frozenset[str]
     _json_native: bool
     stream: bool = False
+    _scalars: tuple[Any, ...] | None = None  # each parameter's plain type, when all are plain: see _bind_scalars
 
     @classmethod
     def build(cls, func: Callable[..., Any], *, name: str, inline: bool) -> Function:
@@ -130,10 +132,15 @@ class Function:
             _named=frozenset(p.name for p in params if p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)),
             _json_native=_schema_types(core_schema) <= _JSON_NATIVE,
             stream=stream,
+            _scalars=_plain_parameters(func, params),
         )
 
     def bind(self, args: list[Any] | dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Validate ``args`` against the signature: (args, kwargs) to call with, or RPCError -32602."""
+        if self._scalars is not None:
+            bound_now = self._bind_scalars(args)
+            if bound_now is not None:
+                return bound_now, {}
         named = self._by_name(args) if type(args) is list else self._split_extra(args)  # type: ignore[arg-type]
         if self._json_native:  # the JSON path's result, without encoding the arguments again
             try:
@@ -149,6 +156,28 @@ class Function:
             details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
             raise RPCError(f"invalid arguments for {self.name}", INVALID_PARAMS, details) from None
         return bound
+
+    def _bind_scalars(self, args: list[Any] | dict[str, Any]) -> tuple[Any, ...] | None:
+        """Plain parameters (int, float, str, bool, int | float) checked by type, as pydantic's strict mode
+        does (an int is a float, a bool is no number); None: anything else, which the full path words."""
+        kinds = self._scalars
+        assert kinds is not None
+        if type(args) is dict:
+            if len(args) != len(kinds) or args.keys() != self._named:
+                return None
+            args = [args[name] for name in self._positional]
+        elif len(args) != len(kinds):
+            return None
+        values = []
+        for value, kind in zip(args, kinds, strict=True):
+            given = type(value)
+            if given is kind or (kind is _NUMBER and (given is int or given is float)):
+                values.append(value)
+            elif kind is float and given is int:
+                values.append(float(value))
+            else:
+                return None
+        return tuple(values)
 
     def _by_name(self, args: list[Any]) -> dict[str, Any]:
         named = dict(zip(self._positional, args, strict=False))
@@ -203,6 +232,31 @@ def _item_hint(hint: Any, name: str) -> Any:
     if hint in _ITERATORS:
         return Any
     raise ValueError(f"stream function {name!r} must be annotated as an iterator of items, not {hint!r}")
+
+
+_NUMBER: Final = object()  # the type int | float
+_PLAIN: Final = {int: int, float: float, str: str, bool: bool}
+
+
+def _plain_parameters(func: Callable[..., Any], params: list[inspect.Parameter]) -> tuple[Any, ...] | None:
+    """Each parameter's type when every one is a required positional-or-keyword int, float, str, bool or
+    int | float (the shapes most functions have); None otherwise."""
+    try:
+        hints = inspect.get_annotations(func, eval_str=True)
+    except Exception:
+        return None
+    kinds: list[Any] = []
+    for param in params:
+        if param.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or param.default is not param.empty:
+            return None
+        hint = hints.get(param.name)
+        if hint in _PLAIN:
+            kinds.append(_PLAIN[hint])
+        elif set(typing.get_args(hint)) == {int, float} and typing.get_origin(hint) in (types.UnionType, typing.Union):
+            kinds.append(_NUMBER)
+        else:
+            return None
+    return tuple(kinds)
 
 
 def _return_hint(func: Callable[..., Any]) -> Any:

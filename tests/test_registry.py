@@ -624,3 +624,38 @@ def test_signatures_with_json_strings_read_their_own_way_keep_the_json_path() ->
         assert not Function.build(func, name=func.__name__, inline=True)._json_native
     bound = Function.build(when, name="when", inline=True).bind(["2026-11-26T01:02:03Z"])
     assert bound[0][0] == datetime.datetime(2026, 11, 26, 1, 2, 3, tzinfo=datetime.timezone.utc)
+
+
+def _plain_sample(a: int, b: float, c: str, d: bool, e: int | float) -> None:
+    """Every plain parameter type."""
+
+
+def test_plain_parameters_are_bound_by_type_with_pydantics_outcome() -> None:
+    """For int/float/str/bool/int|float signatures, the type check gives exactly pydantic's outcome."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    plain = Function.build(_plain_sample, name="plain", inline=True)
+    assert plain._scalars is not None
+    reference = dataclasses.replace(plain, _scalars=None)
+    assert plain.bind([1, 2, "x", True, 3]) == ((1, 2.0, "x", True, 3), {})
+    assert plain.bind({"e": 1.5, "d": False, "c": "", "b": 0.5, "a": -1}) == ((-1, 0.5, "", False, 1.5), {})
+
+    scalars = (
+        st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text() | st.booleans()
+    )
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.lists(scalars, min_size=5, max_size=5)
+        | st.lists(_json_values(), min_size=4, max_size=6)
+        | st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e", "zz"]), _json_values(), min_size=4, max_size=6)
+    )
+    def same(args: Any) -> None:
+        outcome, expected = _bind_outcome(plain, args), _bind_outcome(reference, args)
+        assert outcome == expected
+        if outcome[0] == "ok":  # 1 == 1.0: the types must agree too
+            assert [type(value) for value in outcome[1][0]] == [type(value) for value in expected[1][0]]
+
+    same()
+    assert Function.build(lambda a, b=1: None, name="defaults", inline=True)._scalars is None
