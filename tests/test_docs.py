@@ -328,6 +328,20 @@ def test_token_wrong_is_refused_plainly_and_right_works(browser: Browser) -> Non
         assert TOKEN not in docs.page.locator("body").inner_text()
 
 
+def test_readme_browser_snippet_connects_with_a_token(browser: Browser) -> None:
+    """The README's JavaScript for a token from a browser opens the WebSocket of a --token server."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    snippet = re.search(r"\*\*Tokens from a browser\.\*\*.*?```js\n(.*?)```", readme, re.S)
+    assert snippet, "the README lost its browser token snippet"
+    with running_server(token=TOKEN) as server, tab(browser, server) as docs:
+        docs.open()
+        expect(docs.status()).to_contain_text("401")
+        code = snippet.group(1).replace("ws://127.0.0.1:8000/ws", server.url)
+        script = "(token) => new Promise((done) => {" + code
+        script += "ws.onopen = () => done(ws.protocol); ws.onclose = (event) => done('closed ' + event.code); })"
+        assert docs.page.evaluate(script, TOKEN) == "synapse.v1"
+
+
 def test_page_on_another_origin_is_refused(browser: Browser, docs_server: RunningServer) -> None:
     """A page served from another origin cannot open the WebSocket (403), unless --allow-origin names it."""
     with other_origin_page() as other, tab(browser, docs_server) as docs:
@@ -355,8 +369,7 @@ def test_tour_asks_only_its_own_origin(docs: DocsPage, tmp_path: Path) -> None:
     docs.page.emulate_media(color_scheme="dark")
     assert docs.page.evaluate("getComputedStyle(document.body).backgroundColor") != light
     docs.page.emulate_media(color_scheme="light")
-    docs.function("ticks").locator("summary").click()  # closed again: the screenshot shows one call
-    docs.function("divide").locator("summary").click()
+    docs.function("divide").locator("summary").click()  # closed again: the screenshot shows a call and a stream
     shot = docs.page.screenshot(path=str(tmp_path / "docs-page.png"), full_page=True)
     assert shot.startswith(b"\x89PNG")
     if target := os.environ.get("SYNAPSE_DOCS_SCREENSHOT"):
