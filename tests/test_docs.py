@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pytest
@@ -154,9 +154,15 @@ def describe_registry() -> Registry:
     registry = Registry()
 
     @registry.function
-    def describe(name: str, count: int = 2, loud: bool = True, options: dict[str, int] | None = None) -> Any:
+    def describe(
+        name: str,
+        count: int = 2,
+        loud: bool = True,
+        options: dict[str, int] | None = None,
+        mode: Literal["fast", "safe"] = "safe",
+    ) -> Any:
         """Say what was received. <img src=x onerror="document.title='pwned'"> <b>not bold</b>"""
-        return {"name": name, "count": count, "loud": loud, "options": options}
+        return {"name": name, "count": count, "loud": loud, "options": options, "mode": mode}
 
     return registry
 
@@ -196,6 +202,9 @@ def test_lists_the_builtins(docs: DocsPage) -> None:
     expect(docs.status()).to_contain_text("Connected: 8 functions")
     names = docs.page.locator("details.fn summary .name").all_inner_texts()
     assert sorted(names) == sorted(function.name for function in default_registry())
+    docs.page.locator("#filter").fill("count from")
+    expect(docs.page.locator("details.fn:visible summary .name")).to_have_text(["ticks"])
+    docs.page.locator("#filter").fill("")
     add = docs.function("add_numbers")
     expect(add.locator("summary")).to_contain_text("(a: int | float, b: int | float) -> int | float")
     expect(add.locator(".description")).to_have_text(re.compile(r"^Add two numbers"))
@@ -279,11 +288,13 @@ def test_form_kinds_defaults_and_the_command_runs(browser: Browser) -> None:
         expect(card.locator('input[name="count"]')).to_have_value("2")
         expect(card.locator('input[name="loud"][type="checkbox"]')).to_be_checked()
         expect(card.locator('textarea[name="options"]')).to_have_value("null")
+        expect(card.locator('select[name="mode"] option:checked')).to_have_text('"safe"')
         expect(card.locator(".description")).to_contain_text('<img src=x onerror="document.title=')
         assert card.locator(".description img, .description b").count() == 0
         card.locator('input[name="loud"]').uncheck()
+        card.locator('select[name="mode"]').select_option(label='"fast"')
         docs.call("describe", name="42 it's $HOME", options='{"a": 1}')
-        expected = {"name": "42 it's $HOME", "count": 2, "loud": False, "options": {"a": 1}}
+        expected = {"name": "42 it's $HOME", "count": 2, "loud": False, "options": {"a": 1}, "mode": "fast"}
         expect(card.locator("pre.value")).not_to_be_empty()
         assert json.loads(card.locator("pre.value").inner_text()) == expected
         command = card.locator(".cli code").inner_text()
