@@ -7,6 +7,7 @@ saves the tour's screenshot there too (that is how the README's ``docs/docs-page
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -114,32 +115,30 @@ def docs(browser: Browser, docs_server: RunningServer) -> Iterator[DocsPage]:
         yield opened
 
 
-class tab:
-    """A fresh browser context and page recording requests, WebSockets and errors (a context manager)."""
-
-    def __init__(self, browser: Browser, server: RunningServer, **context: Any) -> None:
-        self.context = browser.new_context(**context)
-        page = self.context.new_page()
+@contextlib.contextmanager
+def tab(browser: Browser, server: RunningServer) -> Iterator[DocsPage]:
+    """A fresh browser context and page on ``server``, recording requests, WebSockets and errors."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
-        self.docs = DocsPage(page, server)
-        page.on("request", lambda request: self.docs.requests.append(request.url))
-        page.on("websocket", self._websocket)
-        page.on("console", self._console)
-        page.on("pageerror", lambda error: self.docs.console_errors.append(f"page error: {error}"))
+        docs = DocsPage(page, server)
 
-    def _websocket(self, websocket: WebSocket) -> None:
-        self.docs.websockets.append(websocket)
-        websocket.on("socketerror", lambda error: self.docs.socket_errors.append(error))
+        def websocket(socket: WebSocket) -> None:
+            docs.websockets.append(socket)
+            socket.on("socketerror", lambda error: docs.socket_errors.append(error))
 
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.docs.console_errors.append(message.text)
+        def console(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                docs.console_errors.append(message.text)
 
-    def __enter__(self) -> DocsPage:
-        return self.docs
-
-    def __exit__(self, *exc: object) -> None:
-        self.context.close()
+        page.on("request", lambda request: docs.requests.append(request.url))
+        page.on("websocket", websocket)
+        page.on("console", console)
+        page.on("pageerror", lambda error: docs.console_errors.append(f"page error: {error}"))
+        yield docs
+    finally:
+        context.close()
 
 
 def items(card: Locator) -> list[str]:
@@ -392,39 +391,35 @@ def test_tour_asks_only_its_own_origin(docs: DocsPage, tmp_path: Path) -> None:
 # -- a page on another origin -----------------------------------------------------------------------
 
 
-class other_origin_page:
-    """A second loopback HTTP server (another port: another origin) whose page opens a WebSocket to the
-    URL in its ``?ws=`` query and sets ``window.outcome`` to "open" or "closed <code>" (a context manager
-    giving the origin)."""
+# A page that opens a WebSocket to the URL in its ``?ws=`` query; ``window.outcome``: "open" or "closed <code>".
+ELSEWHERE_HTML = (
+    b"<!doctype html><title>elsewhere</title><script>window.outcome = new Promise((done) => {"
+    b"const ws = new WebSocket(new URLSearchParams(location.search).get('ws'), ['synapse.v1']);"
+    b"ws.onopen = () => done('open'); ws.onclose = (event) => done('closed ' + event.code); });</script>"
+)
 
-    HTML = (
-        b"<!doctype html><title>elsewhere</title><script>window.outcome = new Promise((done) => {"
-        b"const ws = new WebSocket(new URLSearchParams(location.search).get('ws'), ['synapse.v1']);"
-        b"ws.onopen = () => done('open'); ws.onclose = (event) => done('closed ' + event.code); });</script>"
-    )
 
-    def __init__(self) -> None:
-        html = self.HTML
+class ElsewhereHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("content-length", str(len(ELSEWHERE_HTML)))
+        self.end_headers()
+        self.wfile.write(ELSEWHERE_HTML)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("content-type", "text/html; charset=utf-8")
-                self.send_header("content-length", str(len(html)))
-                self.end_headers()
-                self.wfile.write(html)
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
+@contextlib.contextmanager
+def other_origin_page() -> Iterator[str]:
+    """A second loopback HTTP server (another port: another origin) serving ``ELSEWHERE_HTML``; its origin."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ElsewhereHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
