@@ -233,13 +233,15 @@ def test_wrong_type_shows_the_error_with_its_data(docs: DocsPage) -> None:
 
 
 def test_keyboard_only(docs: DocsPage) -> None:
-    """Tab to a function, Enter opens it, type the arguments, Enter calls it: no mouse needed."""
+    """On a function's summary, Enter opens it, Tab moves through the fields (focus visible), Enter calls."""
     docs.open()
     expect(docs.status()).to_contain_text("Connected")
     docs.page.locator('details.fn[data-name="add_numbers"] summary').focus()
     keyboard = docs.page.keyboard
     keyboard.press("Enter")
     keyboard.press("Tab")
+    assert docs.page.evaluate("document.activeElement.name") == "a"
+    assert docs.page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
     keyboard.type("40")
     keyboard.press("Tab")
     keyboard.type("2")
