@@ -323,7 +323,9 @@ def test_token_wrong_is_refused_plainly_and_right_works(browser: Browser) -> Non
     """With --token: no token or a wrong one is a plain 401 message; the right one (as a subprotocol) works."""
     with running_server(token=TOKEN) as server, tab(browser, server) as docs:
         docs.open()
-        expect(docs.status()).to_have_text("Handshake refused: 401, this server needs a token. Enter it above.")
+        expect(docs.status()).to_have_text(
+            "Handshake refused: 401, this server needs a token: enter it in the Token field."
+        )
         expect(docs.page.locator("#token")).to_be_focused()
         docs.page.locator("#token").fill("wrong")
         docs.page.get_by_role("button", name="Connect").click()
@@ -340,6 +342,15 @@ def test_token_wrong_is_refused_plainly_and_right_works(browser: Browser) -> Non
             f'synapse call add_numbers a=2 b=3 --url {server.url} --token "$SYNAPSE_TOKEN"'
         )
         assert TOKEN not in docs.page.locator("body").inner_text()
+
+
+def test_refusal_not_for_the_token_says_so(browser: Browser) -> None:
+    """A handshake refused for another reason (here: no connection allowed) is not blamed on the token."""
+    with running_server(max_connections=0) as server, tab(browser, server) as docs:
+        docs.open()
+        expect(docs.status()).to_have_text(
+            "Handshake refused, and not for the token: too many connections (503), or an origin rule (403)?"
+        )
 
 
 def test_readme_browser_snippet_connects_with_a_token(browser: Browser) -> None:
