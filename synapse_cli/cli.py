@@ -23,7 +23,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from synapse_cli import __version__, render
-from synapse_cli.client import DEFAULT_URL, Client, ordered_calls
+from synapse_cli.batch import ordered_calls
+from synapse_cli.client import DEFAULT_URL, Client
 from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
 from synapse_cli.protocol import Dialect
 

@@ -49,6 +49,7 @@ __all__ = [
     "encode_cancel",
     "encode_end",
     "encode_item",
+    "encode_list",
     "join_batch",
     "reply_error",
     "reply_result",
@@ -485,6 +486,11 @@ def encode_call(
     if dialect == NATIVE:
         return b'{"id":' + _id_json(request_id) + b',"func":' + name + b',"args":' + body + b"}"
     return b'{"jsonrpc":"2.0","method":' + name + b',"params":' + body + b',"id":' + _id_json(request_id) + b"}"
+
+
+def encode_list(request_id: Any) -> bytes:
+    """Encode a native ``list`` request."""
+    return b'{"id":' + _id_json(request_id) + b',"op":"list"}'
 
 
 def encode_cancel(request_id: Any) -> bytes:
