@@ -112,6 +112,7 @@ class WebSocket(asyncio.Protocol):
         self._status_line = b""  # kept to report a refusal websockets could not parse
         self._out: list[bytes] = []
         self._flush_soon = False
+        self._queued_pongs = 0  # bytes of pongs waiting for the next flush
         self._writable: asyncio.Future[None] | None = None  # set while the server does not read
         self._fragments: bytearray | None = None
         self._fragments_text = True
@@ -249,10 +250,12 @@ class WebSocket(asyncio.Protocol):
 
     def _pong(self, payload: bytes) -> None:
         """Answer a ping, unless the server does not read what we write (a flood is dropped, not kept)."""
-        if self.congested:
+        if self.congested or self._queued_pongs > HIGH_WATER:
             self.dropped_pongs += 1
             return
-        self._out.append(encode_frame(OP_PONG, payload, mask=True))
+        pong = encode_frame(OP_PONG, payload, mask=True)
+        self._queued_pongs += len(pong)
+        self._out.append(pong)
 
     def _to_websockets(self, raw: bytes, is_close: bool) -> None:
         """A frame for websockets' rules: close, fragments, binary."""
@@ -324,6 +327,7 @@ class WebSocket(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_soon = False
+        self._queued_pongs = 0
         transport = self.transport
         if not self._out:
             return
