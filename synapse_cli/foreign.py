@@ -24,6 +24,7 @@ from websockets.exceptions import (
     InvalidURI,
     PayloadTooBig,
     ProtocolError,
+    TooManyFragments,
 )
 
 from synapse_cli.errors import ConnectError, ConnectionLost, SynapseError
@@ -62,13 +63,15 @@ def _picows(exc: BaseException, url: str) -> SynapseError | None:
     """picows' exceptions (``synapse bench``); picows is only imported by code that already uses it."""
     if "picows" not in sys.modules:
         return None
-    from picows import WSError, WSInvalidStatusError, WSProtocolError
+    from picows import WSError, WSInvalidStatusError, WSInvalidURL, WSProtocolError
 
     if isinstance(exc, WSInvalidStatusError):
         response = exc.response
         status = int(response.status) if response is not None else 0
         body = (exc.raw_body or b"").decode("utf-8", "replace")
         return _refused(url, status, body)
+    if isinstance(exc, WSInvalidURL):
+        return ConnectError(f"invalid URL {url!r}: {exc}", url=url)
     if isinstance(exc, WSProtocolError):
         return ConnectionLost(f"connection lost: {exc}")
     if isinstance(exc, WSError):
@@ -90,10 +93,10 @@ def translate(exc: BaseException, url: str) -> SynapseError | None:
         return ConnectError(f"invalid URL {url!r}: {exc.msg}", url=url)
     if isinstance(exc, InvalidHandshake):
         return ConnectError(f"{url}: handshake failed: {exc}", url=url)
-    if isinstance(exc, (ConnectionClosed, ProtocolError, PayloadTooBig)):
+    if isinstance(exc, (ConnectionClosed, ProtocolError, PayloadTooBig, TooManyFragments)):
         return ConnectionLost(f"connection lost: {exc}")
     if isinstance(exc, ssl.SSLError):  # before OSError: it is one
-        return ConnectError(f"{url}: TLS error: {exc.reason or exc}", url=url)
+        return ConnectError(f"{url}: TLS error: {getattr(exc, 'reason', None) or exc}", url=url)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ConnectError(f"cannot connect to {url}: no answer to the opening handshake in time", url=url)
     if isinstance(exc, (OSError, EOFError)):
