@@ -25,9 +25,9 @@ from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, Invali
 from synapse_cli.foreign import mapped, tls_context
 from synapse_cli.protocol import JSONRPC, NATIVE, Dialect
 from synapse_cli.settings import DEFAULT_URL
-from synapse_cli.wire import WebSocket, open_websocket
+from synapse_cli.wire import WebSocket, open_websocket, translate_url_error
 
-__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "Client", "SyncClient", "backoff_delays", "call"]
+__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "Client", "SyncClient", "backoff_delays", "call", "check_url"]
 
 logger = logging.getLogger("synapse.client")
 T = TypeVar("T")
@@ -44,6 +44,13 @@ def backoff_delays(
     """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
     draw = (rng or random).uniform
     return [draw(0.0, min(cap, base * 2**attempt)) for attempt in range(attempts)]
+
+
+def check_url(url: str) -> None:
+    """ValueError unless ``url`` is a ``ws://`` or ``wss://`` URL a client can connect to."""
+    error = translate_url_error(url)
+    if error is not None:
+        raise ValueError(error)
 
 
 class Client:

@@ -50,6 +50,7 @@ __all__ = [
     "encode_end",
     "encode_item",
     "encode_list",
+    "json_problem",
     "join_batch",
     "reply_error",
     "reply_result",
@@ -208,6 +209,11 @@ def _nothing_hidden(text: str | bytes, value: Any) -> bool:
     if type(text) is str and not text.isascii():
         return False
     return len(text) - len(orjson.dumps(value)) < _SHORTEST_HIDDEN
+
+
+def json_problem(text: str) -> str | None:
+    """What this protocol refuses in JSON that orjson accepts (an integer past 64 bits, deep nesting), or None."""
+    return _checked(text, None)[1]
 
 
 def _valid_id(value: Any, dialect: Dialect) -> bool:

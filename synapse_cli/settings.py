@@ -72,6 +72,8 @@ class Settings:
             raise ValueError("--certfile and --keyfile go together")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"unknown --log-level {self.log_level!r} ({', '.join(LOG_LEVELS)})")
+        if self.broker is not None and not self.broker.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--broker must be a redis:// URL, not {self.broker!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"unknown --log-format {self.log_format!r} ({' or '.join(LOG_FORMATS)})")
 

@@ -29,11 +29,20 @@ from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
 from websockets.frames import Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
-from websockets.uri import parse_uri
+from websockets.uri import WebSocketURI, parse_uri
 
 from synapse_cli.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, encode_frame
 
-__all__ = ["CLOSE_TIMEOUT", "MAX_HEAD_BYTES", "HandshakeRefused", "WebSocket", "close_text", "open_websocket"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "HIGH_WATER",
+    "MAX_HEAD_BYTES",
+    "HandshakeRefused",
+    "WebSocket",
+    "close_text",
+    "open_websocket",
+    "translate_url_error",
+]
 
 logger = logging.getLogger("synapse.client")
 
@@ -369,6 +378,22 @@ class WebSocket(asyncio.Protocol):
             await asyncio.shield(self.closed)
 
 
+def _parse_url(url: str) -> WebSocketURI:
+    try:
+        return parse_uri(url)
+    except ValueError as exc:  # a port out of range
+        raise InvalidURI(url, str(exc)) from None
+
+
+def translate_url_error(url: str) -> str | None:
+    """Why ``url`` cannot be connected to (``invalid URL 'x': ...``), or None when it can."""
+    try:
+        _parse_url(url)
+    except InvalidURI as exc:
+        return f"invalid URL {url!r}: {exc.msg}"
+    return None
+
+
 async def open_websocket(
     url: str,
     *,
@@ -384,10 +409,7 @@ async def open_websocket(
     Raises websockets' ``InvalidURI``/``InvalidHandshake``, :class:`HandshakeRefused`, ``OSError``,
     ``ssl.SSLError`` or ``asyncio.TimeoutError``: :mod:`synapse_cli.foreign` translates them.
     """
-    try:
-        uri = parse_uri(url)
-    except ValueError as exc:  # a port out of range
-        raise InvalidURI(url, str(exc)) from None
+    uri = _parse_url(url)
     protocol = ClientProtocol(uri, max_size=max_size, logger=logging.getLogger("synapse.wire"))
     loop = asyncio.get_running_loop()
     connection = WebSocket(protocol, headers=headers, max_size=max_size, on_text=on_text, on_lost=on_lost)
