@@ -206,10 +206,10 @@ def _client(url: str, token: str | None, timeout: float, jsonrpc: bool, cafile: 
     """The Client the ``call`` and ``list`` options describe; a malformed URL is a usage error."""
     try:
         check_url(url)
-    except ValueError as exc:
+        return Client(url, token=token, timeout=timeout, dialect="jsonrpc" if jsonrpc else "native",
+                      cafile=str(cafile) if cafile else None, insecure=insecure)  # fmt: skip
+    except ValueError as exc:  # a malformed URL, a timeout that is not a time (NaN)
         raise UsageError(str(exc)) from None
-    return Client(url, token=token, timeout=timeout, dialect="jsonrpc" if jsonrpc else "native",
-                  cafile=str(cafile) if cafile else None, insecure=insecure)  # fmt: skip
 
 
 def _wants_json(json_output: bool) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -354,10 +355,11 @@ def test_refused_port_exits_3(cli_env: dict[str, str]) -> None:
     assert_error(synapse("list", "--url", url, env=cli_env), 3, url)
 
 
-@pytest.mark.parametrize("url", ["notaurl", "ws://127.0.0.1:99999/ws", "ws://[::1/ws"])
-def test_invalid_url_exits_3(cli_env: dict[str, str], url: str) -> None:
-    """A URL that cannot be connected to prints one error line (no traceback) and exits 3."""
-    assert_error(synapse("call", "add_numbers", "1", "2", "--url", url, env=cli_env), 3)
+@pytest.mark.parametrize("url", ["notaurl", "ws://127.0.0.1:99999/ws", "ws://[::1/ws", "http://127.0.0.1:8000/ws"])
+def test_malformed_url_is_a_usage_error(cli_env: dict[str, str], url: str) -> None:
+    """A malformed --url is a usage error: one line naming it, exit 2, nothing attempted."""
+    assert_error(synapse("call", "add_numbers", "1", "2", "--url", url, env=cli_env), 2, f"invalid URL {url!r}")
+    assert_error(synapse("list", "--url", url, env=cli_env), 2, "invalid URL")
 
 
 @pytest.mark.parametrize("token", [None, "wrong"])
@@ -513,14 +515,14 @@ def test_missing_tls_files_are_usage_errors(cli_env: dict[str, str], args: list[
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["bench", "--calls", "abc"], "Invalid value for '-n' / '--calls': Input should be a valid integer"),
-        (["bench", "-n", "0"], "Input should be greater than or equal to 1 (see 'synapse bench run --help')"),
-        (["call", "echo", "--timeout", "x"], "Invalid value for '--timeout': Input should be a valid number"),
-        (["call", "echo", "--timeout", "0"], "Input should be greater than or equal to 0.001"),
-        (["call", "echo", "--timeout", "nan"], "Invalid value for '--timeout': Input should be a finite number"),
-        (["serve", "--port", "70000"], "Invalid value for '--port': Input should be less than or equal to 65535"),
-        (["call", "echo", "--cafile", "/nonexistent/ca.pem"], "file '/nonexistent/ca.pem' does not exist."),
-        (["call", "echo", "--cafile", "/"], "file '/' is a directory."),
+        (["bench", "--calls", "abc"], "Invalid value for '-n' / '--calls': "),
+        (["bench", "-n", "0"], "Invalid value for '-n' / '--calls': "),
+        (["call", "echo", "--timeout", "x"], "Invalid value for '--timeout': "),
+        (["call", "echo", "--timeout", "0"], "Invalid value for '--timeout': "),
+        (["call", "echo", "--timeout", "nan"], "timeout must be a positive number of seconds"),
+        (["serve", "--port", "70000"], "Invalid value for '--port': "),
+        (["call", "echo", "--cafile", "/nonexistent/ca.pem"], "'/nonexistent/ca.pem' does not exist."),
+        (["call", "echo", "--cafile", "/"], "'/' is a directory."),
     ],
     ids=[
         "int-not-a-number",
@@ -534,7 +536,10 @@ def test_missing_tls_files_are_usage_errors(cli_env: dict[str, str], args: list[
     ],  # fmt: skip
 )
 def test_option_values_are_checked(cli_env: dict[str, str], args: list[str], message: str) -> None:
-    """Numbers, ranges and files given to options are checked before anything runs: one line, exit 2."""
+    """Numbers, ranges and files given to options are checked before anything runs: one line, exit 2.
+
+    The wording after "Invalid value for ..." is typer's (click's or pydantic's, by typer version).
+    """
     assert_error(synapse(*args, env=cli_env), 2, message)
 
 
@@ -561,3 +566,182 @@ def test_call_does_not_import_pydantic(server: RunningServer, cli_env: dict[str,
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env, timeout=20)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["3", "False"]
+
+
+# -- serve only forwards to runner.run -------------------------------------------------------------
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, list[tuple[Any, ...]]]:
+    """Run ``synapse ARGS`` in this process with ``runner.run`` replaced by a recorder; (exit code, its calls)."""
+    from typer.testing import CliRunner
+
+    from synapse_cli import cli, runner
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(runner, "run", lambda target, settings, **options: calls.append((target, settings, options)))
+    result = CliRunner().invoke(cli.app, list(args))
+    return result.exit_code, calls
+
+
+def test_serve_with_no_options_forwards_the_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`synapse serve` hands runner.run exactly Settings() (the defaults, defined once) and a banner callback."""
+    from synapse_cli.settings import Settings
+
+    status, calls = invoke(monkeypatch, "serve")
+    assert status == 0
+    [(target, settings, options)] = calls
+    assert (target, settings, options["reload"]) == (None, Settings(), False)
+    assert callable(options["on_ready"])
+
+
+def test_serve_forwards_every_option_to_runner_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every serve option arrives in the Settings given to runner.run, converted, and nothing else happens."""
+    from synapse_cli.settings import Settings
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("c")
+    key.write_text("k")
+    status, calls = invoke(
+        monkeypatch, "serve", "app.py", "--host", "0.0.0.0", "--port", "9001", "--token", "t",
+        "--allow-origin", "http://a", "--allow-origin", "http://b", "--insecure", "--certfile", str(cert),
+        "--keyfile", str(key), "--max-message-size", "10", "--max-connections", "11", "--max-inflight", "12",
+        "--max-batch", "13", "--call-timeout", "1.5", "--grace", "2.5", "--ping-interval", "3.5",
+        "--ping-timeout", "4.5", "--threads", "14", "--workers", "3", "--reload", "--debug",
+        "--log-level", "DEBUG", "--log-format", "JSON",
+    )  # fmt: skip
+    assert status == 0
+    [(target, settings, options)] = calls
+    assert target == "app.py" and options["reload"] is True
+    assert settings == Settings(
+        host="0.0.0.0", port=9001, token="t", allow_origins=("http://a", "http://b"), insecure=True,
+        certfile=str(cert), keyfile=str(key), max_message_size=10, max_connections=11, max_inflight=12,
+        max_batch=13, call_timeout=1.5, grace=2.5, ping_interval=3.5, ping_timeout=4.5, threads=14, workers=3,
+        debug=True, log_level="debug", log_format="json",
+    )  # fmt: skip
+
+
+def test_serve_reports_a_serve_error_as_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runner.ServeError (bad settings, app not found, port in use) is one error line, exit 2."""
+    from typer.testing import CliRunner
+
+    from synapse_cli import cli, runner
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise runner.ServeError("cannot listen on 127.0.0.1:8000: Address already in use")
+
+    monkeypatch.setattr(runner, "run", refuse)
+    with pytest.raises(cli.UsageError, match="Address already in use"):
+        CliRunner().invoke(cli.app, ["serve"], catch_exceptions=False)
+
+
+def test_serve_on_a_port_in_use_exits_2(cli_env: dict[str, str]) -> None:
+    """A port something else listens on: one line saying so, exit 2 (a usage error, not an RPC error)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert_error(synapse("serve", "--port", port, env=cli_env), 2, f"cannot listen on 127.0.0.1:{port}")
+
+
+# -- rough edges a new user hit --------------------------------------------------------------------
+
+
+def test_an_integer_beyond_64_bits_is_refused_with_exit_2(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """`synapse call echo 18446744073709551616` is refused as the server would (never printed as a float)."""
+    for args in (
+        ["echo", "18446744073709551616"],
+        ["echo", "[1, 18446744073709551616]"],
+        ["echo", "-d", "[-9223372036854775809]"],
+    ):
+        result = synapse("call", *args, "--url", server.url, env=cli_env)
+        assert_error(result, 2, "integer does not fit in 64 bits")
+    ok = synapse("call", "echo", "18446744073709551615", "--url", server.url, env=cli_env)
+    assert (ok.returncode, ok.stdout) == (0, "18446744073709551615\n")
+
+
+@contextlib.contextmanager
+def plain_http_server() -> Iterator[int]:
+    """`python -m http.server` on a loopback port: answers 404 (HTTP/1.0) to the WebSocket handshake."""
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def test_a_plain_http_server_shows_its_status(cli_env: dict[str, str]) -> None:
+    """Against http.server, call and list say HTTP 404 (not "did not receive a valid HTTP response"), exit 3."""
+    with plain_http_server() as port:
+        url = f"ws://127.0.0.1:{port}/ws"
+        for args in (["call", "echo", "1"], ["list"]):
+            assert_error(synapse(*args, "--url", url, env=cli_env), 3, "handshake rejected: HTTP 404")
+
+
+def test_a_wrong_path_names_the_endpoint(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """A synapse server at the wrong path: HTTP 404 and the text saying the endpoint is /ws."""
+    url = server.url.replace("/ws", "/x")
+    assert_error(synapse("call", "echo", "1", "--url", url, env=cli_env), 3, "HTTP 404", "the endpoint is /ws")
+
+
+def test_batch_ids_count_every_line_blank_ones_included(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """A bad third line after two blank lines is reported as line 3 (its number in the file)."""
+    result = synapse("call", "--batch", "-", "--url", server.url, env=cli_env, input='\n\n["nope"\n["echo",4]\n')
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["id"] for line in lines] == [3, 4]
+    assert lines[0]["error"]["message"].startswith("line 3: not JSON")
+    assert lines[1] == {"id": 4, "result": 4, "error": None}
+    assert result.returncode == 1
+
+
+def test_an_ascii_only_stdout_gets_json_escapes(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """PYTHONIOENCODING=ascii: the result is printed as JSON with \\u escapes, never a traceback."""
+    env = {**cli_env, "PYTHONIOENCODING": "ascii"}
+    result = synapse("call", "echo", "héllo ✓ 🎉", "--url", server.url, env=env)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == '"h\\u00e9llo \\u2713 \\ud83c\\udf89"\n'
+    assert json.loads(result.stdout) == "héllo ✓ 🎉"
+
+
+def test_short_help_and_plain_metavars(cli_env: dict[str, str]) -> None:
+    """-h works; usage reads [APP] (not [[APP]]); no <str>-style metavars anywhere."""
+    for command in ([], ["serve"], ["call"], ["list"]):
+        result = synapse(*command, "-h", env={**cli_env, "COLUMNS": "200"})
+        assert result.returncode == 0, result.stderr
+        assert "[[" not in result.stdout and not re.search(r"<[a-z]", result.stdout), result.stdout
+    assert "Usage: synapse serve [OPTIONS] [APP]" in synapse("serve", "-h", env=cli_env).stdout
+
+
+def test_a_bare_synapse_prints_its_help_and_exits_2(cli_env: dict[str, str]) -> None:
+    """`synapse` alone: the help on stderr, exit 2 (a usage error)."""
+    result = synapse(env=cli_env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("Usage: synapse [OPTIONS] COMMAND [ARGS]...")
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    """The banner says "1 function", "2 functions"; close codes are explained once."""
+    import io
+
+    from rich.console import Console
+
+    from synapse_cli import render
+    from synapse_cli.settings import Settings
+    from synapse_cli.wire import close_text
+
+    one = [{"name": "f", "description": "", "params": {}, "result": {}}]
+    for functions, title in ((one, "1 function "), (one * 2, "2 functions")):
+        out = io.StringIO()
+        Console(file=out, width=100).print(render.serve_banner(Settings(), functions, version="0"))
+        assert title in out.getvalue()
+    assert close_text(1009, "message too big") == "close code 1009 (message too big)"
+    assert close_text(1012, "restarting") == "close code 1012 (service restart): restarting"
