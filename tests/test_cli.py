@@ -745,3 +745,215 @@ def test_counts_agree_with_their_nouns() -> None:
         assert title in out.getvalue()
     assert close_text(1009, "message too big") == "close code 1009 (message too big)"
     assert close_text(1012, "restarting") == "close code 1012 (service restart): restarting"
+
+
+# -- hostile servers: the command stays calm and quick (issues 11 and 17) ----------------------------------
+
+HOSTILE_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A server frame (FIN, unmasked), any length."""
+    size = len(payload)
+    head = bytes((0x80 | opcode, size)) if size < 126 else bytes((0x80 | opcode, 126)) + size.to_bytes(2, "big")
+    if size >= 2**16:
+        head = bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big")
+    return head + payload
+
+
+async def read_client_frame(reader: Any) -> tuple[int, bytes]:
+    """The client's next frame: (opcode, unmasked payload)."""
+    first, second = await reader.readexactly(2)
+    size = second & 0x7F
+    if size >= 126:
+        size = int.from_bytes(await reader.readexactly(2 if size == 126 else 8), "big")
+    mask = await reader.readexactly(4)
+    payload = await reader.readexactly(size)
+    return first & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@contextlib.contextmanager
+def hostile_server(behaviour: Callable[[Any, Any], Any], *, handshake: bool = True) -> Iterator[str]:
+    """A hand-written WebSocket server on 127.0.0.1 (own thread and loop): after the handshake, ``behaviour``."""
+    import asyncio
+    import base64
+    import hashlib
+
+    ready: list[str] = []
+    started = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def handle(reader: Any, writer: Any) -> None:
+        try:
+            if not handshake:
+                await asyncio.sleep(60)
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            key = re.search(r"(?i)sec-websocket-key: *(\S+)", head)
+            assert key is not None
+            accept = base64.b64encode(hashlib.sha1(key.group(1).encode() + HOSTILE_GUID).digest()).decode()
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+            )
+            await behaviour(reader, writer)
+            await asyncio.sleep(60)  # and never close TCP on our side
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    stop: list[asyncio.Event] = []
+
+    async def main() -> None:
+        stop.append(asyncio.Event())
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        ready.append(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws")
+        started.set()
+        await stop[0].wait()
+        server.close()
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield ready[0]
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(10)
+        loop.close()
+
+
+def answering(*frames: bytes, answer_close: bool = False) -> Callable[[Any, Any], Any]:
+    """A behaviour: read the call (id 1: a client's first), write ``frames``, then ignore the close frame."""
+
+    async def behaviour(reader: Any, writer: Any) -> None:
+        _, payload = await read_client_frame(reader)
+        assert json.loads(payload)["id"] == 1
+        for data in frames:
+            writer.write(data)
+        await writer.drain()
+        while True:  # read on, answer nothing (a close frame included, unless asked to)
+            opcode, payload = await read_client_frame(reader)
+            if opcode == 0x8 and answer_close:
+                writer.write(frame(payload, 0x8))
+                writer.close()
+                return
+
+    return behaviour
+
+
+def timed(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    result = synapse(*args, env=env, timeout=30)
+    return result, time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    ("sent", "message"),
+    [
+        (bytes((0x81, 127)) + (2**63).to_bytes(8, "big"), "the reply is over the client's limit"),
+        (bytes((0x81, 127)) + (50 * 2**20).to_bytes(8, "big") + b"x" * 65536, "(close code 1009)"),
+        (frame(b'{"id":1,"result":"\xff","error":null}'), "invalid UTF-8 in a text message (close code 1007)"),
+        (frame(b"\x03\xf4restarting", 0x8), "connection closed by the server with close code 1012"),
+    ],
+    ids=["frame-of-2^63-bytes", "50-MiB-reply", "not-utf8", "close-frame-tcp-kept-open"],
+)
+def test_a_hostile_reply_fails_at_once_with_exit_3(cli_env: dict[str, str], sent: bytes, message: str) -> None:
+    """Issue 11's table: each fails at once (not at --timeout 3, not 10 s later), one line, exit 3."""
+    with hostile_server(answering(sent)) as url:
+        result, seconds = timed("call", "add_numbers", "1", "2", "--timeout", "3", "--url", url, env=cli_env)
+    assert_error(result, 3, message)
+    assert seconds < 2.5, seconds  # the start-up, the call and at most the 1 s close timeout
+
+
+def test_no_handshake_is_bounded_by_the_timeout(cli_env: dict[str, str]) -> None:
+    """TCP accepted, no handshake ever: exit 3 after --timeout 1, not 10 s."""
+    with hostile_server(answering(), handshake=False) as url:
+        result, seconds = timed("call", "add_numbers", "1", "2", "--timeout", "1", "--url", url, env=cli_env)
+    assert_error(result, 3, "no answer to the opening handshake in time")
+    assert 1.0 <= seconds < 2.5, seconds
+
+
+def test_a_server_that_never_answers_the_close_costs_at_most_the_close_timeout(cli_env: dict[str, str]) -> None:
+    """A correct reply, then no closing handshake: `synapse call` still prints 3 and exits 0 within ~1 s."""
+    with hostile_server(answering(frame(b'{"id":1,"result":3,"error":null}'))) as url:
+        result, seconds = timed("call", "add_numbers", "1", "2", "--url", url, env=cli_env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "3\n", "")
+    assert seconds < 2.5, seconds
+
+
+def test_ctrl_c_against_a_server_that_never_closes_exits_within_a_second(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Ctrl-C while the server neither answers the call nor the close: exit 130 within ~1 s."""
+    with hostile_server(answering()) as url, background(
+        "call", "sleep", "30", "--url", url, env=cli_env, log=tmp_path / "err"
+    ) as process:  # fmt: skip
+        time.sleep(1.0)  # started, connected, call sent
+        start = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.wait(10)
+        assert time.monotonic() - start < 1.5
+        assert process.returncode == 130
+
+
+def test_an_error_naming_no_call_fails_the_call(cli_env: dict[str, str]) -> None:
+    """`"id": null` with an error, one call in flight: it is that call's error, exit 1 at once."""
+    error = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}'
+    with hostile_server(answering(frame(error))) as url:
+        result, seconds = timed("call", "add_numbers", "1", "2", "--timeout", "3", "--url", url, env=cli_env)
+    assert_error(result, 1, "parse error (code -32700)")
+    assert seconds < 2.5
+
+
+def test_junk_frames_give_one_summarised_warning(cli_env: dict[str, str]) -> None:
+    """2,000 frames that are not replies, then the reply: the result, and two stderr lines, not 2,001."""
+    junk = frame(b"not json") * 1000 + frame(b'{"hello":1}') * 1000
+    with hostile_server(answering(junk, frame(b'{"id":1,"result":3,"error":null}'), answer_close=True)) as url:
+        result = synapse("call", "add_numbers", "1", "2", "--url", url, env=cli_env)
+    assert (result.returncode, result.stdout) == (0, "3\n")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert "not a reply" in lines[0] and lines[1].endswith("ignored 2000 messages in all that were not replies")
+
+
+@pytest.mark.parametrize(
+    "result",
+    [b'{"functions": "nope"}', b'{"functions": [{"name": 1}]}', b'{"functions": [{"name": "f", "params": []}]}', b"3"],
+    ids=["not-a-list", "name-not-a-string", "params-not-an-object", "not-an-object"],
+)
+def test_a_malformed_list_result_is_one_error_line_exit_1(cli_env: dict[str, str], result: bytes) -> None:
+    """A list result of the wrong shape: `synapse list` says so in one line and exits 1 (no traceback)."""
+    reply = b'{"id":1,"result":' + result + b',"error":null}'
+    with hostile_server(answering(frame(reply), answer_close=True)) as url:
+        assert_error(synapse("list", "--url", url, env=cli_env), 1, "the server's list result")
+
+
+def test_remote_text_is_shown_as_text(cli_env: dict[str, str]) -> None:
+    """Escape sequences and rich markup in a server's error message reach stderr escaped, never interpreted."""
+    message = json.dumps("\x1b[31mred\x1b[0m [bold]x[/bold] \x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\").encode()
+    reply = b'{"id":1,"result":null,"error":{"code":1,"message":' + message + b"}}"
+    with hostile_server(answering(frame(reply), answer_close=True)) as url:
+        result = synapse("call", "echo", "1", "--url", url, env=cli_env)
+    assert_error(result, 1, "\\x1b[31mred\\x1b[0m [bold]x[/bold] \\x1b]8;;http://evil")
+    assert "\x1b" not in result.stderr
+
+
+def test_function_descriptions_render_as_text_on_a_terminal() -> None:
+    """`synapse list`'s table shows a server's markup and escape codes literally (forced terminal)."""
+    import io
+
+    from rich.console import Console
+
+    from synapse_cli import render
+
+    hostile = {"name": "f[red]", "description": "[link=http://evil]click[/link] \x1b[2J", "params": {}, "result": {}}
+    out = io.StringIO()
+    Console(file=out, width=200, force_terminal=True, color_system=None).print(render.functions_table([hostile]))
+    text = out.getvalue()
+    assert "[link=http://evil]click[/link] \\x1b[2J" in text and "f[red]" in text
+    assert "\x1b" not in text
