@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import ssl
 from collections.abc import Callable
@@ -126,6 +127,8 @@ class WebSocket(asyncio.Protocol):
         self._fragments: bytearray | None = None
         self._fragments_text = True
         self._close_timer: asyncio.TimerHandle | None = None
+        self._masks = b""  # random bytes the next masking keys are taken from
+        self._mask_offset = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -319,10 +322,18 @@ class WebSocket(asyncio.Protocol):
         """Queue one text message; the messages of one loop iteration leave in one write."""
         if not self.open:
             return
-        self._out.append(encode_frame(OP_TEXT, message, mask=True))
+        self._out.append(encode_frame(OP_TEXT, message, mask=True, key=self._mask_key()))
         if not self._flush_soon:
             self._flush_soon = True
             self.loop.call_soon(self._flush)
+
+    def _mask_key(self) -> bytes:
+        """A fresh masking key (RFC 6455 §5.3), from 4 KiB of ``os.urandom`` at a time."""
+        offset = self._mask_offset
+        if offset >= len(self._masks):
+            self._masks, offset = os.urandom(4096), 0
+        self._mask_offset = offset + 4
+        return self._masks[offset : offset + 4]
 
     def _take_output(self) -> None:
         for chunk in self.ws.data_to_send():
