@@ -917,6 +917,19 @@ def test_an_error_naming_no_call_fails_the_call(cli_env: dict[str, str]) -> None
     assert seconds < 2.5
 
 
+def test_a_batch_cut_short_by_a_close_frame_answers_every_line_quietly(cli_env: dict[str, str]) -> None:
+    """The server closes mid-batch: each line gets its connection error, exit 1, and no asyncio noise on stderr."""
+    lines = "".join(f'["sleep", {i}]\n' for i in range(20))
+    with hostile_server(answering(frame(b"\x03\xf4restarting", 0x8))) as url:
+        result = synapse("call", "--batch", "-", "--url", url, env=cli_env, input=lines)
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [answer["id"] for answer in answers] == list(range(1, 21))
+    # the first calls end with the close frame; later ones reconnect, and meet the same server again
+    assert "connection closed by the server with close code 1012" in answers[0]["error"]["message"]
+    assert all(answer["error"]["message"].startswith("connection ") for answer in answers), answers
+    assert (result.returncode, result.stderr) == (1, "")
+
+
 def test_junk_frames_give_one_summarised_warning(cli_env: dict[str, str]) -> None:
     """2,000 frames that are not replies, then the reply: the result, and two stderr lines, not 2,001."""
     junk = frame(b"not json") * 1000 + frame(b'{"hello":1}') * 1000
