@@ -5,7 +5,6 @@ them, so ``synapse --help`` and ``synapse call`` start fast. Option defaults com
 defined once (``settings.Settings``, ``client``); error text comes from ``render``.
 """
 
-import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -14,17 +13,18 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from synapse_cli import __version__, protocol, render
-from synapse_cli.batch import BatchInputError, ordered_calls, read_lines
-from synapse_cli.client import DEFAULT_TIMEOUT, Client, check_url
 from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
-from synapse_cli.settings import DEFAULT_URL, Settings
+from synapse_cli.settings import DEFAULT_TIMEOUT, DEFAULT_URL, Settings
+
+if TYPE_CHECKING:  # imported where used: `synapse --help` starts without asyncio or websockets
+    from synapse_cli.client import Client
 
 __all__ = ["ExitStatus", "app", "main"]
 
@@ -202,8 +202,12 @@ def _print_banner(settings: Settings, functions: list[dict[str, Any]]) -> None:
 _NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 
 
-def _client(url: str, token: str | None, timeout: float, jsonrpc: bool, cafile: Path | None, insecure: bool) -> Client:
+def _client(
+    url: str, token: str | None, timeout: float, jsonrpc: bool, cafile: Path | None, insecure: bool
+) -> "Client":
     """The Client the ``call`` and ``list`` options describe; a malformed URL is a usage error."""
+    from synapse_cli.client import Client, check_url
+
     try:
         check_url(url)
         return Client(url, token=token, timeout=timeout, dialect="jsonrpc" if jsonrpc else "native",
@@ -298,12 +302,14 @@ def call(
         render.console().print(render.pretty_value(result))
 
 
-async def _call_once(client: Client, func: str, args: list[Any] | dict[str, Any]) -> Any:
+async def _call_once(client: "Client", func: str, args: list[Any] | dict[str, Any]) -> Any:
     async with client:
         return await client.request(func, args)
 
 
-async def _call_batch(client: Client, stream: Any, concurrency: int) -> int:
+async def _call_batch(client: "Client", stream: Any, concurrency: int) -> int:
+    from synapse_cli.batch import ordered_calls, read_lines
+
     failed = False
     async with client:
         async for answer in ordered_calls(client, read_lines(stream), concurrency=concurrency):
@@ -342,7 +348,7 @@ def list_functions(
         render.console().print(render.functions_table(functions))
 
 
-async def _list(client: Client) -> list[dict[str, Any]]:
+async def _list(client: "Client") -> list[dict[str, Any]]:
     async with client:
         return await client.list()
 
@@ -536,6 +542,9 @@ def _describe(exc: SynapseError) -> tuple[str, ExitStatus]:
 
 def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run the command's coroutine: Ctrl-C cancels it (calls send ``cancel``) and exits 130."""
+    import asyncio
+
+    from synapse_cli.batch import BatchInputError
 
     async def main() -> Any:
         task = asyncio.ensure_future(coroutine)

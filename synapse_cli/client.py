@@ -24,7 +24,7 @@ from synapse_cli.calls import Call, Deadlines, new_call, time_limit
 from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError, SynapseError
 from synapse_cli.foreign import mapped, tls_context
 from synapse_cli.protocol import JSONRPC, NATIVE, Dialect
-from synapse_cli.settings import DEFAULT_URL
+from synapse_cli.settings import DEFAULT_TIMEOUT, DEFAULT_URL
 from synapse_cli.wire import WebSocket, open_websocket, translate_url_error
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "Client", "SyncClient", "backoff_delays", "call", "check_url"]
@@ -32,7 +32,6 @@ __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "Client", "SyncClient", "backoff_de
 logger = logging.getLogger("synapse.client")
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_SIZE = 2**24
 # Handshake refusals that another attempt cannot fix: never retried.
 _FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 426})

@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_SUBSCRIBER_QUEUE",
+    "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
     "LOG_FORMATS",
     "LOG_LEVELS",
@@ -24,6 +25,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 WS_PATH = "/ws"
 DEFAULT_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}{WS_PATH}"
+DEFAULT_TIMEOUT = 10.0  # seconds a client waits for the connection and for each reply
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("human", "json")
 DEFAULT_SUBSCRIBER_QUEUE = 1000  # items a topic subscriber may fall behind before it is ended (-32004)
