@@ -142,10 +142,14 @@ class WebSocket(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        if self.ws.state is _OPEN and self._head_done:
-            self._frames(data)
-        else:
+        if not self.opened.done():
             self._handshake(data)
+        elif self.ws.state is _OPEN:
+            self._frames(data)
+        else:  # closing: websockets reads the server's close frame and discards the rest (RFC 6455 §1.4)
+            self.ws.receive_data(data)
+            self.ws.events_received()
+            self._take_output()
         self._flush()
 
     def eof_received(self) -> bool | None:
