@@ -19,7 +19,7 @@ import orjson
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from synapse_cli import __version__, protocol, render
+from synapse_cli import __version__, render
 from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
 from synapse_cli.settings import DEFAULT_TIMEOUT, DEFAULT_URL, Settings
 
@@ -227,7 +227,9 @@ def _literal(text: str) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
-    problem = protocol.json_problem(text)
+    from synapse_cli.protocol import json_problem
+
+    problem = json_problem(text)
     if problem is not None:
         raise UsageError(f"argument {text!r}: {problem}")
     return value

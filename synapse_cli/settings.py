@@ -5,7 +5,6 @@ Light on purpose (no asyncio, no server code): the CLI reads its option defaults
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 __all__ = [
@@ -82,6 +81,8 @@ class Settings:
 
 def is_loopback(host: str) -> bool:
     """True for localhost and the loopback ranges (127.0.0.0/8, ::1)."""
+    import ipaddress  # here, not at start-up: `synapse --help` never needs it
+
     if host == "localhost":
         return True
     try:
