@@ -854,6 +854,7 @@ def answering(*frames: bytes, answer_close: bool = False) -> Callable[[Any, Any]
 
 
 def timed(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``synapse ARGS`` and how many seconds it took, start-up included."""
     start = time.monotonic()
     result = synapse(*args, env=env, timeout=30)
     return result, time.monotonic() - start

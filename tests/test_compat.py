@@ -114,6 +114,7 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def accept(key: str) -> str:
+    """Sec-WebSocket-Accept for ``key`` (RFC 6455 §1.3)."""
     return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
 
 

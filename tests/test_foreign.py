@@ -39,6 +39,7 @@ NOT_MET = {
 
 
 def response(status: int, body: bytes = b"") -> Response:
+    """A handshake response websockets would have parsed."""
     return Response(status, "Reason", Headers(), body)
 
 

@@ -783,6 +783,7 @@ async def test_calls_timing_out_together_each_get_their_error_and_cancel() -> No
 
 
 def elapsed_since(start: float) -> float:
+    """Seconds of the running loop's clock since ``start``."""
     return asyncio.get_running_loop().time() - start
 
 
