@@ -18,6 +18,7 @@ __all__ = [
     "Client",
     "ConnectError",
     "ConnectionLost",
+    "InvalidReply",
     "RPCError",
     "Registry",
     "SyncClient",
@@ -30,6 +31,7 @@ _LOCATIONS = {
     "CallTimeout": "synapse_cli.errors",
     "ConnectError": "synapse_cli.errors",
     "ConnectionLost": "synapse_cli.errors",
+    "InvalidReply": "synapse_cli.errors",
     "RPCError": "synapse_cli.errors",
     "SynapseError": "synapse_cli.errors",
     "Client": "synapse_cli.client",
@@ -40,7 +42,7 @@ _LOCATIONS = {
 
 if TYPE_CHECKING:
     from synapse_cli.client import Client, SyncClient, call
-    from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, RPCError, SynapseError
+    from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError, SynapseError
     from synapse_cli.registry import Registry
 
 

@@ -6,17 +6,18 @@
     ├── ConnectError             could not connect: refused, DNS, TLS, handshake rejected (.status)
     ├── ConnectionLost           the connection dropped while a call was waiting for its reply
     ├── CallTimeout              no reply within the call's timeout
+    ├── InvalidReply             the server answered something the protocol does not allow
     └── RPCError                 the remote function (or the server) answered with an error
 
-Foreign exceptions (``websockets``, ``OSError``, ``ssl``) are translated once, in ``client.py``;
-none of them escapes the library.
+Foreign exceptions (``websockets``, ``picows``, ``OSError``, ``ssl``) are translated once, in
+``foreign.py``; none of them escapes the library.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CallTimeout", "ConnectError", "ConnectionLost", "RPCError", "SynapseError"]
+__all__ = ["CallTimeout", "ConnectError", "ConnectionLost", "InvalidReply", "RPCError", "SynapseError"]
 
 
 class SynapseError(Exception):
@@ -43,6 +44,10 @@ class ConnectionLost(SynapseError):
 
 class CallTimeout(SynapseError):
     """No reply arrived within the timeout; a ``cancel`` was sent for the call."""
+
+
+class InvalidReply(SynapseError):
+    """The server's reply does not have the shape the protocol requires (a ``list`` result, say)."""
 
 
 class RPCError(SynapseError):

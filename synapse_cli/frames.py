@@ -94,12 +94,16 @@ def frame_header(opcode: int, size: int, *, fin: bool = True, mask: bool = False
     return bytes((first, flag | 127)) + size.to_bytes(8, "big")
 
 
-def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = False) -> bytes:
-    """One frame: a server's frames are sent as they are, a client's are masked (``mask=True``)."""
+def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = False, key: bytes = b"") -> bytes:
+    """One frame: a server's frames are sent as they are, a client's are masked (``mask=True``).
+
+    ``key`` is the 4-byte masking key (default: fresh from ``os.urandom``); a client writing many
+    frames can draw its keys from a larger block of random bytes instead of one system call each.
+    """
     header = frame_header(opcode, len(payload), fin=fin, mask=mask)
     if not mask:
         return header + payload
-    key = os.urandom(4)
+    key = key or os.urandom(4)
     return header + key + mask_payload(payload, key)
 
 

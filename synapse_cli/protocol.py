@@ -49,6 +49,8 @@ __all__ = [
     "encode_cancel",
     "encode_end",
     "encode_item",
+    "encode_list",
+    "json_problem",
     "join_batch",
     "reply_error",
     "reply_result",
@@ -207,6 +209,11 @@ def _nothing_hidden(text: str | bytes, value: Any) -> bool:
     if type(text) is str and not text.isascii():
         return False
     return len(text) - len(orjson.dumps(value)) < _SHORTEST_HIDDEN
+
+
+def json_problem(text: str) -> str | None:
+    """What this protocol refuses in JSON that orjson accepts (an integer past 64 bits, deep nesting), or None."""
+    return _checked(text, None)[1]
 
 
 def _valid_id(value: Any, dialect: Dialect) -> bool:
@@ -485,6 +492,11 @@ def encode_call(
     if dialect == NATIVE:
         return b'{"id":' + _id_json(request_id) + b',"func":' + name + b',"args":' + body + b"}"
     return b'{"jsonrpc":"2.0","method":' + name + b',"params":' + body + b',"id":' + _id_json(request_id) + b"}"
+
+
+def encode_list(request_id: Any) -> bytes:
+    """Encode a native ``list`` request."""
+    return b'{"id":' + _id_json(request_id) + b',"op":"list"}'
 
 
 def encode_cancel(request_id: Any) -> bytes:

@@ -7,6 +7,9 @@ tests replace to capture output.
 
 from __future__ import annotations
 
+import codecs
+import io
+import re
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
@@ -22,8 +25,12 @@ __all__ = [
     "error_line",
     "functions_table",
     "json_line",
+    "plain",
     "pretty_value",
+    "rpc_error_text",
+    "serve_banner",
     "signature",
+    "tolerant_streams",
     "type_of",
     "write_json",
 ]
@@ -45,11 +52,52 @@ def _fallback(value: Any) -> Any:
     return str(value)
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _carries_unicode(stream: IO[str]) -> bool:
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return codecs.lookup(encoding).name.startswith("utf")
+    except LookupError:
+        return False
+
+
 def write_json(value: Any, stream: IO[str] | None = None) -> None:
-    """Write ``value`` as one JSON line to stdout (bypassing rich) and flush."""
+    """Write ``value`` as one JSON line to stdout (bypassing rich) and flush.
+
+    On a stream that cannot carry Unicode (``PYTHONIOENCODING=ascii``), non-ASCII characters are
+    written as JSON ``\\u`` escapes: the same JSON value, never a ``UnicodeEncodeError``.
+    """
     out = stream or sys.stdout
-    out.write(json_line(value))
+    line = json_line(value)
+    if not _carries_unicode(out):
+        line = _NON_ASCII.sub(_escape, line)
+    out.write(line)
     out.flush()
+
+
+def tolerant_streams() -> None:
+    """stdout and stderr replace what their encoding cannot carry instead of raising (JSON is escaped first)."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and not _carries_unicode(stream):
+            stream.reconfigure(errors="replace")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text: Any) -> str:
+    """Remote text made safe to show: control characters (escape sequences, bidi overrides) escaped."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], str(text))
 
 
 def pretty_value(value: Any) -> Any:
@@ -60,8 +108,19 @@ def pretty_value(value: Any) -> Any:
 
 
 def error_line(message: str) -> str:
-    """The one line every CLI error is: ``synapse: error: ...`` (no traceback, no newlines inside)."""
-    return "synapse: error: " + " ".join(str(message).split())
+    """The one line every CLI error is: ``synapse: error: ...`` (no traceback, no newlines, no control codes)."""
+    return "synapse: error: " + plain(" ".join(str(message).split()))
+
+
+def rpc_error_text(message: str, code: int, data: Any) -> str:
+    """An RPC error for a person: message, code, and the validation details or data."""
+    text = f"{message} (code {code})"
+    if isinstance(data, list) and all(isinstance(d, dict) and "msg" in d for d in data):
+        details = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d['msg']}" for d in data)
+        return f"{text}: {details}"
+    if data is not None:
+        return f"{text}: {orjson.dumps(data, default=str).decode()}"
+    return text
 
 
 def type_of(schema: dict[str, Any]) -> str:
@@ -107,14 +166,16 @@ def signature(function: dict[str, Any]) -> str:
 def functions_table(functions: Iterable[dict[str, Any]], *, title: str | None = None) -> Any:
     """The table ``synapse list`` and the ``serve`` banner show."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left", expand=False)
     table.add_column("function", style="bold cyan", no_wrap=True)
     table.add_column("signature", overflow="fold")
     table.add_column("description", overflow="fold")
-    for function in functions:
+    for function in functions:  # what a server sends is shown as text: no markup, no control codes
         call_signature = signature(function).split("(", 1)[1]
-        table.add_row(function["name"], "(" + call_signature, function.get("description", ""))
+        cells = (function["name"], "(" + call_signature, function.get("description", ""))
+        table.add_row(*(Text(plain(cell)) for cell in cells))
     return table
 
 
@@ -132,8 +193,25 @@ def banner(url: str, functions: list[dict[str, Any]], *, version: str, details: 
     for key, value in details.items():
         lines.append(f"\n{key}: ", style="dim")
         lines.append(value)
-    table = functions_table(functions, title=f"{len(functions)} functions")
+    count = len(functions)
+    table = functions_table(functions, title=f"{count} function{'' if count == 1 else 's'}")
     return Group(Panel(lines, expand=False), table)
+
+
+def serve_banner(settings: Any, functions: list[dict[str, Any]], *, version: str) -> Any:
+    """``synapse serve``'s banner for its ``Settings`` (the port is the one bound)."""
+    auth = "bearer token required" if settings.token else "none" if settings.insecure else "none (loopback only)"
+    details = {
+        "auth": auth,
+        "limits": f"{settings.max_message_size} B/message, {settings.max_connections} connections, "
+        f"{settings.max_inflight} in flight/connection, call timeout {settings.call_timeout:g} s",
+        "health": settings.url.replace("ws", "http", 1).removesuffix("/ws") + "/health",
+    }
+    if settings.docs:
+        details["docs"] = settings.url.replace("ws", "http", 1).removesuffix("/ws") + "/docs"
+    if settings.workers > 1:
+        details["workers"] = str(settings.workers)
+    return banner(settings.url, functions, version=version, details=details)
 
 
 # -- bench -----------------------------------------------------------------------------------------

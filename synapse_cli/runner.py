@@ -7,6 +7,7 @@ concerns); this one owns processes, signals and imports of user code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -19,24 +20,29 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
+from synapse_cli import __version__
 from synapse_cli.builtins import default_registry
 from synapse_cli.connection import CLOSE_GRACE
 from synapse_cli.logs import SafeLogFilter, log_config
 from synapse_cli.registry import Registry
-from synapse_cli.server import Settings, create_app
+from synapse_cli.server import Settings, bind_sockets, create_app
 from synapse_cli.transport import CLOSE_TIMEOUT, guarded_http_protocol, websocket_protocol
 
-__all__ = ["LoadError", "load_registry", "serve", "serve_reload", "serve_workers"]
+__all__ = ["LoadError", "ServeError", "load_registry", "run", "serve", "serve_reload", "serve_workers"]
 
 logger = logging.getLogger("synapse.server")
 
 
-class LoadError(Exception):
+class ServeError(Exception):
+    """``synapse serve`` cannot start: settings that do not work together, a port it cannot listen on."""
+
+
+class LoadError(ServeError):
     """The application given to ``synapse serve`` could not be loaded."""
 
 
@@ -260,3 +266,42 @@ def serve_reload(target: str | None, settings: Settings, *, sock: socket.socket,
         finish(process)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run(
+    target: str | None,
+    settings: Settings,
+    *,
+    reload: bool = False,
+    on_ready: Callable[[Settings, list[dict[str, Any]]], None] | None = None,
+    version: str = __version__,
+) -> None:
+    """What ``synapse serve`` does, as uvicorn's ``run()`` does for ``uvicorn``: the CLI only forwards here.
+
+    Checks ``settings``, loads the registry ``target`` names, binds the port, calls ``on_ready`` with the
+    settings as bound (port 0 resolved) and the functions served, then serves in this process, under
+    ``--reload``, or over ``settings.workers`` processes, until SIGINT/SIGTERM.
+
+    Raises:
+        ServeError: bad settings, an application that cannot be loaded (``LoadError``), a port in use.
+    """
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+    if reload and settings.workers > 1:
+        raise ServeError("--reload runs one process: it does not combine with --workers")
+    registry = load_registry(target)
+    try:
+        sockets = bind_sockets(settings.host, settings.port, 1 if reload else settings.workers)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    settings = dataclasses.replace(settings, port=sockets[0].getsockname()[1])
+    if on_ready is not None:
+        on_ready(settings, registry.describe())
+    if reload:
+        serve_reload(target, settings, sock=sockets[0], version=version)
+    elif settings.workers > 1:
+        serve_workers(target, settings, sockets=sockets, version=version)
+    else:
+        serve(registry, settings, sock=sockets[0], version=version)

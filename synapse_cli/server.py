@@ -16,7 +16,6 @@ import binascii
 import collections
 import contextlib
 import hmac
-import ipaddress
 import itertools
 import logging
 import socket
@@ -33,7 +32,7 @@ from synapse_cli.errors import RPCError
 from synapse_cli.metrics import Metrics
 from synapse_cli.registry import Registry
 from synapse_cli.session import Session
-from synapse_cli.topics import DEFAULT_SUBSCRIBER_QUEUE
+from synapse_cli.settings import DEFAULT_HOST, DEFAULT_PORT, WS_PATH, Settings, is_loopback
 
 __all__ = [
     "DEFAULT_HOST",
@@ -52,62 +51,12 @@ __all__ = [
     "text_headers",
 ]
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-WS_PATH = "/ws"
-
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("synapse.server")
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything ``synapse serve`` can be told (SPEC §2); the defaults are the documented ones."""
-
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    token: str | None = None
-    allow_origins: tuple[str, ...] = ()
-    insecure: bool = False
-    certfile: str | None = None
-    keyfile: str | None = None
-    max_message_size: int = 2**20
-    max_connections: int = 1000
-    max_inflight: int = 128
-    max_batch: int = 1000
-    call_timeout: float = 30.0
-    grace: float = 5.0
-    handshake_timeout: float = 10.0
-    threads: int = 40
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    workers: int = 1
-    docs: bool = True
-    subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE
-    broker: str | None = None
-    debug: bool = False
-    log_level: str = "info"
-    log_format: str = "human"
-
-    @property
-    def url(self) -> str:
-        scheme = "wss" if self.certfile else "ws"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}/ws"
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and the loopback ranges (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(slots=True)

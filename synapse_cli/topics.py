@@ -17,10 +17,9 @@ from typing import Any, Protocol
 
 from synapse_cli.errors import RPCError
 from synapse_cli.protocol import SUBSCRIBER_TOO_SLOW
+from synapse_cli.settings import DEFAULT_SUBSCRIBER_QUEUE
 
 __all__ = ["DEFAULT_SUBSCRIBER_QUEUE", "Broker", "Subscriber", "Topic"]
-
-DEFAULT_SUBSCRIBER_QUEUE = 1000
 
 
 class Broker(Protocol):

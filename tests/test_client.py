@@ -621,13 +621,131 @@ async def test_reconnect_does_not_retry_final_refusals(make_server, status: int)
         await client.close()
 
 
-async def test_a_call_is_a_future_and_a_coroutine(server: RunningServer) -> None:
-    """call() gives what gather, create_task, TaskGroup-style code and wait_for all accept."""
+# -- every asyncio idiom of SPEC §3 ---------------------------------------------------------------
+
+
+async def test_call_returns_an_honest_coroutine(server: RunningServer) -> None:
+    """call() returns a coroutine (not a Future in disguise), awaited like any other."""
     async with Client(server.url, timeout=5) as client:
-        assert await asyncio.create_task(client.call("add_numbers", 1, 2)) == 3
-        assert await asyncio.gather(client.call("echo", "a"), client.call("echo", "b")) == ["a", "b"]
-        assert await asyncio.wait_for(client.call("add_numbers", 2, 2), 5) == 4
-        assert await client.call("add_numbers", 3, 3) == 6
+        pending = client.call("add_numbers", 1, 2)
+        assert asyncio.iscoroutine(pending) and not isinstance(pending, asyncio.Future)
+        assert await pending == 3
+
+
+async def test_idiom_gather(server: RunningServer) -> None:
+    """asyncio.gather of calls returns their results in order."""
+    async with Client(server.url, timeout=5) as client:
+        assert await asyncio.gather(*(client.call("echo", i) for i in range(200))) == list(range(200))
+
+
+async def test_idiom_ensure_future_then_asyncio_wait(make_server: Any) -> None:
+    """The issue's snippet: ensure_future on calls, then asyncio.wait on what it returned."""
+    with make_server() as running:
+        async with Client(running.url, timeout=5) as client:
+            tasks = [asyncio.ensure_future(client.call("sleep", 0.02)) for _ in range(100)]
+            done, pending = await asyncio.wait(tasks, timeout=5)
+            assert len(done) == 100 and not pending
+            assert {task.result() for task in done} == {0.02}
+
+
+async def test_idiom_create_task_then_as_completed(server: RunningServer) -> None:
+    """create_task on calls, then as_completed: the fastest reply comes first."""
+    async with Client(server.url, timeout=5) as client:
+        tasks = [asyncio.create_task(client.call("sleep", delay)) for delay in (0.3, 0.01, 0.15)]
+        order = [await next_done for next_done in asyncio.as_completed(tasks)]
+        assert order == [0.01, 0.15, 0.3]
+
+
+async def test_idiom_wait_for_times_out_and_sends_cancel(make_server: Any) -> None:
+    """wait_for around a call: asyncio.TimeoutError for the caller, a cancel for the server."""
+    with make_server() as running:
+        async with Client(running.url, timeout=5) as client:
+            assert await asyncio.wait_for(client.call("add_numbers", 2, 2), 5) == 4
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.call("sleep", 5), 0.1)
+            assert await eventually(lambda: pending_calls(running) == 0)
+
+
+async def test_idiom_shield_keeps_the_call_running(server: RunningServer) -> None:
+    """shield: cancelling the outer waiter leaves the call running to its result."""
+    async with Client(server.url, timeout=5) as client:
+        inner = asyncio.ensure_future(client.call("sleep", 0.2))
+        outer = asyncio.ensure_future(asyncio.shield(inner))
+        await asyncio.sleep(0.05)
+        outer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        assert await inner == 0.2
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "TaskGroup"), reason="asyncio.TaskGroup is Python 3.11+")
+async def test_idiom_task_group(server: RunningServer) -> None:
+    """TaskGroup.create_task on calls; a failing call cancels its siblings, which send cancel."""
+    async with Client(server.url, timeout=5) as client:
+        async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined]
+            tasks = [group.create_task(client.call("echo", i)) for i in range(50)]
+        assert [task.result() for task in tasks] == list(range(50))
+        with pytest.raises(BaseException) as info:  # ExceptionGroup (3.11+)
+            async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined]
+                group.create_task(client.call("sleep", 5))
+                group.create_task(client.call("divide", 1, 0))
+        assert [type(e) for e in info.value.exceptions] == [RPCError]  # type: ignore[attr-defined]
+
+
+def test_idiom_run_coroutine_threadsafe(server: RunningServer) -> None:
+    """run_coroutine_threadsafe(client.call(...)) from a thread that is not the loop's."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        client = Client(server.url, timeout=5)
+        asyncio.run_coroutine_threadsafe(client.connect(), loop).result(10)
+        assert asyncio.run_coroutine_threadsafe(client.call("add_numbers", 5, 6), loop).result(10) == 11
+        futures = [asyncio.run_coroutine_threadsafe(client.call("echo", i), loop) for i in range(20)]
+        assert [future.result(10) for future in futures] == list(range(20))
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+async def test_idiom_anyio_task_group_and_cancel_scope(make_server: Any) -> None:
+    """anyio: calls in a task group; a cancel scope's deadline cancels the call, which tells the server."""
+    import anyio
+
+    with make_server() as running:
+        async with Client(running.url, timeout=5) as client:
+            results: dict[int, Any] = {}
+
+            async def one(i: int) -> None:
+                results[i] = await client.call("echo", i)
+
+            async with anyio.create_task_group() as group:
+                for i in range(20):
+                    group.start_soon(one, i)
+            assert results == {i: i for i in range(20)}
+            with anyio.move_on_after(0.1) as scope:
+                await client.call("sleep", 5)
+            assert scope.cancelled_caught
+            assert await eventually(lambda: pending_calls(running) == 0)
+
+
+async def test_send_returns_an_asyncio_future_for_pipelining(server: RunningServer) -> None:
+    """send() pipelines: an asyncio.Future per call, no task; before connecting it is a task that connects."""
+    client = Client(server.url, timeout=5)
+    try:
+        first = client.send("add_numbers", 1, 2)  # not connected yet: a task that connects first
+        assert isinstance(first, asyncio.Future) and await first == 3
+        futures = [client.send("echo", i) for i in range(1000)]
+        assert all(isinstance(f, asyncio.Future) and not isinstance(f, asyncio.Task) for f in futures)
+        assert await asyncio.gather(*futures) == list(range(1000))
+        done, _ = await asyncio.wait([client.send("echo", "w")], timeout=5)
+        assert [f.result() for f in done] == ["w"]
+    finally:
+        await client.close()
 
 
 async def test_call_errors_surface_where_the_call_is_awaited(server: RunningServer) -> None:
@@ -646,28 +764,6 @@ async def test_infinite_timeout_waits_and_nan_is_refused(server: RunningServer) 
 
     async with Client(server.url, timeout=math.inf) as client:
         assert await client.call("sleep", 0.05) == 0.05
-        assert await client.request("echo", [1], timeout=math.inf) == 1
-        with pytest.raises(ValueError):
-            await client.request("echo", [1], timeout=float("nan"))
     for bad in (float("nan"), 0, -1):
         with pytest.raises(ValueError):
             Client(server.url, timeout=bad)
-
-
-def test_sync_client_from_another_thread(server: RunningServer) -> None:
-    """run_coroutine_threadsafe(client.call(...)) from a thread that is not the loop's still works."""
-    import threading
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        client = Client(server.url, timeout=5)
-        asyncio.run_coroutine_threadsafe(client.connect(), loop).result(10)
-        call = client.call("add_numbers", 5, 6)
-        assert asyncio.run_coroutine_threadsafe(call, loop).result(10) == 11  # type: ignore[arg-type]
-        asyncio.run_coroutine_threadsafe(client.close(), loop).result(10)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()

@@ -1,4 +1,4 @@
-"""The client's own frame paths (wire.py: ``ClientFrames``, ``fast_connection``; client.py: ``_Deadlines``) on the wire.
+"""The client's connection (wire.py on websockets' sans-I/O ClientProtocol + frames.py) and its deadlines.
 
 The server here is a hand-written one on 127.0.0.1: it does the opening handshake itself, unmasks and checks
 every frame the client sends, and writes server frames byte for byte as each test needs (split, coalesced,
@@ -287,11 +287,6 @@ async def eventually(predicate: Any, timeout: float = TIMEOUT) -> bool:
     return True
 
 
-def assert_own_parser_in_charge(client: Client) -> None:
-    """The client's frame parser still reads the stream: websockets was only ever fed whole frames."""
-    assert client._ws._fast is True, "the stream was handed to websockets for good"
-
-
 class Records(logging.Handler):
     """Every record logged on one logger, whatever the logging configuration of the session did to it."""
 
@@ -349,7 +344,6 @@ async def test_reply_split_across_many_writes_resolves(size: int, piece: int) ->
         assert (await peer.read_call())["id"] == 2
         peer.write(server_frame(reply(2, "after")))
         assert await settled(follow_up) == "after"
-        assert_own_parser_in_charge(client)
 
 
 async def test_frame_boundaries_anywhere_in_the_stream() -> None:
@@ -369,7 +363,6 @@ async def test_frame_boundaries_anywhere_in_the_stream() -> None:
             peer.write(stream[begin:end])
             await asyncio.sleep(0.001)
         assert await settled(asyncio.gather(*calls)) == [result for _, result in replies]
-        assert_own_parser_in_charge(client)
 
 
 async def test_several_replies_in_one_write_all_resolve() -> None:
@@ -382,7 +375,6 @@ async def test_several_replies_in_one_write_all_resolve() -> None:
         replies = [reply_of_size(r["id"], size) for r, size in zip(requests, sizes, strict=True)]
         peer.write(*(server_frame(payload) for payload, _ in replies))
         assert await settled(asyncio.gather(*calls)) == [result for _, result in replies]
-        assert_own_parser_in_charge(client)
 
 
 @pytest.mark.parametrize(
@@ -398,7 +390,6 @@ async def test_each_payload_length_encoding_resolves_exactly(size: int, length_c
         assert data[1] == length_code  # the frame written really uses that encoding
         peer.write(data)
         assert await settled(call) == result
-        assert_own_parser_in_charge(client)
 
 
 # -- receiving: what is left to websockets ---------------------------------------------------------------------
@@ -416,7 +407,6 @@ async def test_fragmented_reply_is_assembled() -> None:
         assert (await peer.read_call())["id"] == 2
         peer.write(server_frame(reply(2, "plain")))
         assert await settled(after) == "plain"
-        assert_own_parser_in_charge(client)
 
 
 async def test_fragments_cut_inside_a_character_with_a_ping_between_them() -> None:
@@ -458,7 +448,6 @@ async def test_ping_between_replies_is_answered_with_its_payload() -> None:
         assert await settled(second) == "two"
         pong = await peer.read_frame()
         assert (pong.opcode, pong.payload) == (OP_PONG, b"\x00\xffbinary ping")
-        assert_own_parser_in_charge(client)
 
 
 async def test_binary_frame_reply_resolves() -> None:
@@ -484,8 +473,8 @@ async def test_server_close_frame_after_a_reply_in_the_same_segment() -> None:
         assert "1001" in str(error)
 
 
-async def test_malformed_json_is_logged_and_ignored(client_log: Records) -> None:
-    """Frames that are not replies are ignored with a warning on synapse.client; the next good reply resolves."""
+async def test_malformed_json_is_logged_once_then_counted(client_log: Records) -> None:
+    """Frames that are not replies are ignored: one warning, then a count at close; the next good reply resolves."""
     bad = [b'{"id":1,', b"not json", b'{"hello":1}', b"[1,2]", b'"a string"', b'{"id":1,"error":"boom"}']
     async with connected() as (client, peer):
         call = asyncio.ensure_future(client.call("f"))
@@ -496,8 +485,10 @@ async def test_malformed_json_is_logged_and_ignored(client_log: Records) -> None
         assert not call.done()
         peer.write(server_frame(b"\x80 also not json", OP_BINARY), server_frame(reply(1, "good")))
         assert await settled(call) == "good"
-        assert await eventually(lambda: len(client_log.messages()) == len(bad) + 1), client_log.messages()
-    assert all(message.startswith("ignoring a malformed reply") for message in client_log.messages())
+        assert len(client_log.messages()) == 1
+        assert "not a reply" in client_log.messages()[0]
+        await client.close()
+    assert client_log.messages()[1:] == ["ignored 7 messages in all that were not replies"]
 
 
 # -- receiving: protocol violations close the connection -------------------------------------------------------
@@ -646,7 +637,6 @@ async def test_bytes_websockets_holds_after_the_handshake_leave_the_stream_to_it
         payload, result = reply_of_size(1, 300)
         await peer.trickle(server_frame(payload), iter(lambda: 7, 0))
         assert await settled(call) == result
-        assert client._ws._fast is False  # the path under test really was taken
 
 
 # -- sending -----------------------------------------------------------------------------------------------------
@@ -787,3 +777,142 @@ async def test_calls_timing_out_together_each_get_their_error_and_cancel() -> No
         cancels = [await peer.read_call() for _ in range(5)]
         assert sorted(c["id"] for c in cancels) == [1, 2, 3, 4, 5]
         assert all(c == {"op": "cancel", "id": c["id"]} for c in cancels)
+
+
+# -- a hostile server: every failure is at once, every wait bounded (issues 11 and 17) -------------------------
+
+
+def elapsed_since(start: float) -> float:
+    """Seconds of the running loop's clock since ``start``."""
+    return asyncio.get_running_loop().time() - start
+
+
+async def test_a_frame_announcing_2_63_bytes_fails_the_calls_at_once_with_1009() -> None:
+    """A header announcing 2^63 bytes: ConnectionLost naming the client's limit at once, close 1009 sent."""
+    async with connected() as (client, peer):
+        call = asyncio.ensure_future(client.call("f"))
+        assert (await peer.read_call())["id"] == 1
+        start = asyncio.get_running_loop().time()
+        peer.write(bytes((0x81, 127)) + (2**63).to_bytes(8, "big"))
+        error = await failure(call)
+        assert elapsed_since(start) < 0.5
+        assert type(error) is ConnectionLost
+        assert str(error) == "connection lost: the reply is over the client's limit of 16777216 bytes (close code 1009)"
+        assert await peer.read_close_code() == 1009
+
+
+async def test_a_50_mib_reply_fails_at_once_and_close_does_not_wait_for_the_server() -> None:
+    """A 50 MiB reply (over the 16 MiB default): fails on its header; close() then takes ≤ CLOSE_TIMEOUT."""
+    from synapse_cli.wire import CLOSE_TIMEOUT
+
+    assert CLOSE_TIMEOUT <= 1.0
+    async with raw_server() as (url, accepted):
+        client = Client(url, timeout=5)
+        await client.connect()
+        peer = await asyncio.wait_for(accepted.get(), TIMEOUT)
+        call = asyncio.ensure_future(client.call("f"))
+        assert (await peer.read_call())["id"] == 1
+        start = asyncio.get_running_loop().time()
+        peer.write(bytes((0x81, 127)) + (50 * 2**20).to_bytes(8, "big") + b"x" * 65536)
+        assert "1009" in str(await failure(call))
+        await client.close()  # the peer never answers the close frame, nor closes TCP
+        assert elapsed_since(start) < CLOSE_TIMEOUT + 0.5
+
+
+async def test_a_text_frame_that_is_not_utf8_fails_at_once_with_1007() -> None:
+    """Invalid UTF-8 in a text frame: ConnectionLost at once, close 1007."""
+    async with connected() as (client, peer):
+        call = asyncio.ensure_future(client.call("f"))
+        assert (await peer.read_call())["id"] == 1
+        start = asyncio.get_running_loop().time()
+        peer.write(server_frame(b'{"id":1,"result":"\xff\xfe","error":null}'))
+        error = await failure(call)
+        assert elapsed_since(start) < 0.5
+        assert str(error) == "connection lost: invalid UTF-8 in a text message (close code 1007)"
+        assert await peer.read_close_code() == 1007
+
+
+async def test_a_close_frame_with_tcp_kept_open_fails_every_pending_call_at_once() -> None:
+    """A close frame, then TCP left open: each pending call fails at once, code and reason in the message."""
+    async with raw_server() as (url, accepted):
+        client = Client(url, timeout=5)
+        await client.connect()
+        peer = await asyncio.wait_for(accepted.get(), TIMEOUT)
+        calls = [asyncio.ensure_future(client.call("f", i)) for i in range(3)]
+        for _ in calls:
+            await peer.read_call()
+        start = asyncio.get_running_loop().time()
+        peer.write(server_frame(close_payload(1012, "restarting"), OP_CLOSE))
+        errors = [await failure(call) for call in calls]
+        assert elapsed_since(start) < 0.5
+        assert {str(e) for e in errors} == {
+            "connection closed by the server with close code 1012 (service restart): restarting"
+        }
+        assert all(type(e) is ConnectionLost for e in errors)
+        await client.close()  # the peer keeps TCP open: the client drops it after CLOSE_TIMEOUT
+        assert elapsed_since(start) < 1.5
+        assert await eventually(lambda: peer.lost)
+
+
+async def test_a_silent_peer_is_bounded_by_the_client_timeout() -> None:
+    """TCP accepted, no handshake answer: connect() fails after the client's own timeout, not 10 s."""
+    from synapse_cli import ConnectError
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        start = loop.time()
+        with pytest.raises(ConnectError, match="no answer to the opening handshake in time"):
+            await Client(f"ws://127.0.0.1:{port}/ws", timeout=0.3).connect()
+        assert 0.25 < elapsed_since(start) < 1.0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_error_naming_no_call_fails_the_only_call_in_flight() -> None:
+    """{"id": null, "error": ...} with one call in flight: that call fails with the error at once."""
+    from synapse_cli import RPCError
+
+    async with connected() as (client, peer):
+        call = asyncio.ensure_future(client.call("f"))
+        assert (await peer.read_call())["id"] == 1
+        peer.write(server_frame(b'{"id":null,"result":null,"error":{"code":-32700,"message":"parse error"}}'))
+        error = await failure(call)
+        assert type(error) is RPCError and (error.code, error.message) == (-32700, "parse error")
+
+
+async def test_an_error_naming_no_call_among_several_is_logged(client_log: Records) -> None:
+    """{"id": null, "error": ...} with two calls in flight: a warning says so; the calls carry on to their replies."""
+    async with connected() as (client, peer):
+        calls = [asyncio.ensure_future(client.call("f", i)) for i in range(2)]
+        for _ in calls:
+            await peer.read_call()
+        peer.write(server_frame(b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}'))
+        assert await eventually(lambda: bool(client_log.messages()))
+        assert client_log.messages() == [
+            "the server answered an error naming no call (parse error, code -32700); 2 calls in flight wait "
+            "for their own replies or their timeout"
+        ]
+        peer.write(server_frame(reply(1, "a")), server_frame(reply(2, "b")))
+        assert [await settled(call) for call in calls] == ["a", "b"]
+
+
+async def test_a_ping_flood_while_the_server_does_not_read_is_bounded() -> None:
+    """Unasked pings from a server that reads nothing: pongs are dropped, the write buffer stays bounded."""
+    from synapse_cli.wire import HIGH_WATER
+
+    async with connected(receive_buffer=4096) as (client, peer):
+        peer.transport.pause_reading()  # the server stops reading what the client writes
+        assert client._ws is not None and client._ws.transport is not None
+        client._ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ping = server_frame(b"p" * 125, OP_PING)
+        for _ in range(40):
+            peer.write(ping * 500)  # 20,000 pings, 2.5 MiB of pongs if each were answered
+            await asyncio.sleep(0.002)
+        ws = client._ws
+        assert ws is not None
+        assert await eventually(lambda: ws.dropped_pongs > 0)
+        assert ws.transport is not None and ws.transport.get_write_buffer_size() <= 2 * HIGH_WATER + 256
+        assert ws.open  # still usable once the server reads again
