@@ -27,12 +27,13 @@ def time_limit(timeout: float | None) -> float | None:
 class Call(asyncio.Future):  # type: ignore[type-arg]
     """The reply to one call in flight. Cancelling it tells ``on_cancel`` (which sends ``cancel``)."""
 
-    __slots__ = ("request_id", "what", "limit", "slot", "on_cancel")
+    __slots__ = ("request_id", "what", "limit", "slot", "on_cancel", "on_item")
     request_id: int
     what: str
     limit: float | None
     slot: int | None
     on_cancel: Callable[[Call], None]
+    on_item: Callable[[Any], None] | None  # a stream's items, as they arrive (the reply ends it)
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
@@ -47,6 +48,7 @@ def new_call(
     """A pending :class:`Call` on ``loop``."""
     call = Call(loop=loop)
     call.request_id, call.what, call.limit, call.slot, call.on_cancel = request_id, what, limit, None, on_cancel
+    call.on_item = None
     return call
 
 

@@ -287,8 +287,11 @@ def call(
     json_output: JsonOption = False,
     cafile: CafileOption = None,
     insecure: InsecureTLSOption = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Stop a stream after N items.")
+    ] = None,
 ) -> None:
-    """Call a function and print its result (or run a batch of calls with --batch)."""
+    """Call a function and print its result, or a stream's items as they arrive (or a --batch of calls)."""
     if batch is not None and (func is not None or args or data is not None):
         raise UsageError("--batch takes its calls from the file: no FUNC, ARG or -d")
     if batch is None and (func is None or func.startswith("-")):
@@ -297,16 +300,44 @@ def call(
     if batch is not None:
         raise typer.Exit(_run(_call_batch(client, _open(batch), concurrency)))
     assert func is not None
-    result = _run(_call_once(client, func, parse_call_args(args or [], data)))
-    if _wants_json(json_output):
-        render.write_json(result)
-    else:
-        render.console().print(render.pretty_value(result))
+    as_json = _wants_json(json_output)
+
+    def show(value: Any) -> None:
+        if as_json:
+            render.write_json(value)
+        else:
+            render.console().print(render.pretty_value(value))
+
+    items, result = _run(_call_once(client, func, parse_call_args(args or [], data), show, limit))
+    if not items:
+        show(result)
 
 
-async def _call_once(client: "Client", func: str, args: list[Any] | dict[str, Any]) -> Any:
+async def _call_once(
+    client: "Client", func: str, args: list[Any] | dict[str, Any], show: Any, limit: int | None
+) -> tuple[int, Any]:
+    """Make the call, showing a stream's items as they arrive; (items shown, the result)."""
+    import asyncio
+
+    shown = 0
+
+    def item(value: Any) -> None:
+        nonlocal shown
+        if limit is None or shown < limit:
+            show(value)
+            shown += 1
+            if shown == limit:
+                task.cancel()  # enough: cancelling the call stops the stream on the server
+
     async with client:
-        return await client.request(func, args)
+        task = asyncio.ensure_future(client.request(func, args, on_item=item))
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if limit is None or shown < limit:
+                raise
+            return shown, None
+        return shown, result
 
 
 async def _call_batch(client: "Client", stream: Any, concurrency: int) -> int:

@@ -8,13 +8,14 @@ foreign exceptions become synapse errors in :mod:`synapse_cli.foreign`, nowhere 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
 import os
 import random
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from types import TracebackType
 from typing import Any, TypeVar
@@ -27,9 +28,10 @@ from synapse_cli.protocol import JSONRPC, NATIVE, Dialect
 from synapse_cli.settings import DEFAULT_TIMEOUT, DEFAULT_URL
 from synapse_cli.wire import WebSocket, open_websocket, translate_url_error
 
-__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "Client", "SyncClient", "backoff_delays", "call", "check_url"]
+__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "Client", "Stream", "SyncClient", "backoff_delays", "call", "check_url"]
 
 logger = logging.getLogger("synapse.client")
+_END: Any = object()
 T = TypeVar("T")
 
 DEFAULT_MAX_MESSAGE_SIZE = 2**24
@@ -105,6 +107,8 @@ class Client:
         self._lock: asyncio.Lock | None = None
         self._connected_once = False
         self._deadlines = Deadlines(self._time_out)
+        self._streams: dict[int, Stream] = {}  # request id -> the stream reading its items
+        self._subscriptions: dict[str, int] = {}  # JSON-RPC subscription id -> request id
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -158,13 +162,24 @@ class Client:
             raise TypeError("pass arguments by position or by name, not both")
         return await self.request(func, kwargs if kwargs else args)
 
-    async def request(self, func: str, args: list[Any] | tuple[Any, ...] | dict[str, Any]) -> Any:
-        """Call ``func`` with ``args`` as the protocol carries them (an array or an object)."""
+    async def request(
+        self,
+        func: str,
+        args: list[Any] | tuple[Any, ...] | dict[str, Any],
+        *,
+        on_item: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Call ``func`` with ``args`` as the protocol carries them (an array or an object).
+
+        ``on_item`` receives a stream function's items as they arrive (native dialect); once items flow,
+        the call has no timeout (a stream lasts as long as it lasts).
+        """
         request_id = next(self._ids)
         data = protocol.encode_call(request_id, func, args, self.dialect)
         call = self._send_now(request_id, data, func)
         if call is None:
             call = await self._send(request_id, data, func)
+        call.on_item = on_item
         return await call  # cancelling the awaiting task cancels the call, which tells the server
 
     def send(self, func: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
@@ -181,6 +196,66 @@ class Client:
         if call is not None:
             return call
         return asyncio.ensure_future(self._send_then_wait(request_id, data, func))
+
+    def stream(self, func: str, *args: Any, **kwargs: Any) -> Stream:
+        """Call a stream function; iterate over its items as they arrive (SPEC §5).
+
+        ::
+
+            async for n in client.stream("ticks", 5):
+                print(n)
+
+        Leaving the loop early (``break``, an exception, cancellation) stops the stream on the server.
+        After the loop, ``stream.result`` holds what the call returned (None for a stream function; a
+        plain function's result, so any function can be called this way). No call timeout applies.
+        """
+        if args and kwargs:
+            raise TypeError("pass arguments by position or by name, not both")
+        return Stream(self, func, kwargs if kwargs else args)
+
+    async def _open_stream(self, stream: Stream) -> None:
+        request_id = next(self._ids)
+        stream.request_id = request_id
+        self._streams[request_id] = stream
+        data = protocol.encode_call(request_id, stream.func, stream.args, self.dialect)
+        ws = await self._ready()
+        while ws.congested and ws.open:
+            await ws.drain()
+        if not ws.open:
+            raise ConnectionLost(ws.lost or "connection lost")
+        ws.write(data)
+
+    def _close_stream(self, stream: Stream) -> None:
+        """The caller left the loop: forget the stream, and stop it on the server if it still runs."""
+        self._streams.pop(stream.request_id, None)
+        if stream.subscription is not None:
+            self._subscriptions.pop(stream.subscription, None)
+        if stream.done or self._ws is None or not self._ws.open:
+            return
+        if stream.subscription is not None:
+            request = {
+                "jsonrpc": "2.0",
+                "id": next(self._ids),
+                "method": "rpc.unsubscribe",
+                "params": [stream.subscription],
+            }
+            self._ws.write(protocol.dump_json(request) or b"")
+        elif self.dialect == NATIVE:
+            self._ws.write(protocol.encode_cancel(stream.request_id))
+
+    def _stream_event(self, reply: protocol.Reply) -> None:
+        request_id = self._subscriptions.get(reply.subscription) if reply.subscription is not None else reply.id
+        stream = self._streams.get(request_id) if type(request_id) is int else None
+        if stream is None:
+            call = self._pending.get(request_id) if type(request_id) is int else None
+            if call is not None and call.on_item is not None and reply.kind == "item":
+                self._deadlines.discard(call)
+                call.on_item(reply.result)
+            return  # else a stream we left already
+        if reply.kind == "item":
+            stream.put(reply.result)
+        else:
+            stream.finish(None, reply.error)
 
     async def _send_then_wait(self, request_id: int, data: bytes, what: str) -> Any:
         return await (await self._send(request_id, data, what))
@@ -263,7 +338,13 @@ class Client:
 
     def _settle(self, replies: Sequence[protocol.Reply]) -> None:
         for reply in replies:
+            if reply.kind != "reply":
+                self._stream_event(reply)
+                continue
             request_id = reply.id
+            if self._streams and type(request_id) is int and request_id in self._streams:
+                self._stream_reply(self._streams[request_id], reply)
+                continue
             if type(request_id) is not int:
                 if request_id is None and reply.error is not None:
                     self._unaddressed(reply.error)
@@ -295,7 +376,24 @@ class Client:
             len(self._pending),
         )
 
+    def _stream_reply(self, stream: Stream, reply: protocol.Reply) -> None:
+        """The reply to a stream call: its end (native), or the subscription its items will name (JSON-RPC)."""
+        result = reply.result
+        if (
+            reply.error is None
+            and self.dialect == JSONRPC
+            and type(result) is dict
+            and result.keys() == {"subscription"}
+        ):
+            stream.subscription = str(result["subscription"])
+            self._subscriptions[stream.subscription] = stream.request_id
+            return
+        stream.finish(result, reply.error)
+
     def _fail_pending(self, reason: str) -> None:
+        streams, self._streams, self._subscriptions = self._streams, {}, {}
+        for stream in streams.values():
+            stream.fail(ConnectionLost(reason))
         calls, self._pending = self._pending, {}
         for call in calls.values():
             self._deadlines.discard(call)
@@ -317,6 +415,79 @@ class Client:
     def _send_cancel(self, request_id: int) -> None:
         if self.dialect == NATIVE and self._ws is not None and self._ws.open:
             self._ws.write(protocol.encode_cancel(request_id))
+
+
+class Stream:
+    """The items of one stream call, as an async iterator (made by :meth:`Client.stream`)."""
+
+    def __init__(self, client: Client, func: str, args: list[Any] | tuple[Any, ...] | dict[str, Any]) -> None:
+        self.client = client
+        self.func = func
+        self.args = args
+        self.request_id = 0
+        self.subscription: str | None = None
+        self.result: Any = None
+        self.done = False
+        self._items: collections.deque[Any] = collections.deque()
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._opened = False
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def finish(self, result: Any, error: protocol.ErrorInfo | None) -> None:
+        self.done = True
+        self.result = result
+        if error is not None:
+            self._error = RPCError(error.message, error.code, error.data)
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self.done = True
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._opened:
+            self._opened = True
+            await self.client._open_stream(self)
+        try:
+            while not self._items:
+                if self.done:
+                    self.client._close_stream(self)
+                    if self._error is not None:
+                        raise self._error
+                    raise StopAsyncIteration
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        except BaseException:
+            if not self.done or self._items:
+                self.client._close_stream(self)
+            raise
+        return self._items.popleft()
+
+    async def aclose(self) -> None:
+        """Stop the stream (on the server too, if it still runs)."""
+        self.client._close_stream(self)
+        self.done = True
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 def _functions(result: Any) -> list[dict[str, Any]]:
@@ -393,6 +564,22 @@ class SyncClient:
     def call(self, func: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``func`` and block until its result (same errors as :meth:`Client.call`)."""
         return self._run(self._client.call(func, *args, **kwargs))
+
+    def stream(self, func: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """A stream function's items as they arrive (see :meth:`Client.stream`); leaving the loop stops it."""
+        items = self._client.stream(func, *args, **kwargs)
+
+        async def next_item() -> Any:
+            try:
+                return await items.__anext__()
+            except StopAsyncIteration:
+                return _END
+
+        try:
+            while (item := self._run(next_item())) is not _END:
+                yield item
+        finally:
+            self._run(items.aclose())
 
     def list(self) -> list[dict[str, Any]]:
         """The server's functions."""

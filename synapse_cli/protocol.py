@@ -153,11 +153,14 @@ class Frame:
 
 @dataclass(slots=True)
 class Reply:
-    """A reply as the client sees it: exactly one of ``result`` / ``error`` is meaningful."""
+    """A message as the client sees it: a reply (exactly one of ``result`` / ``error`` meaningful), or
+    a stream's item or end (``kind``; JSON-RPC streams name their ``subscription`` instead of an id)."""
 
     id: Any
     result: Any = None
     error: ErrorInfo | None = None
+    kind: str = "reply"  # "reply", "item" (``result`` is the item) or "end" (of a JSON-RPC stream)
+    subscription: str | None = None
 
 
 def _invalid(message: str, request_id: Any = None, dialect: Dialect = JSONRPC) -> Invalid:
@@ -504,17 +507,36 @@ def encode_cancel(request_id: Any) -> bytes:
     return orjson.dumps({"op": "cancel", "id": request_id})
 
 
-def _reply_from(obj: Any) -> Reply:
-    if type(obj) is not dict or ("result" not in obj and "error" not in obj):
-        raise ValueError("not a reply object")
-    error = obj.get("error")
-    if error is None:
-        return Reply(obj.get("id"), obj.get("result"))
+def _error_info(error: Any) -> ErrorInfo:
     if type(error) is not dict:
         raise ValueError("error member is not an object")
     code = error.get("code")
-    info = ErrorInfo(code if type(code) is int else INTERNAL_ERROR, str(error.get("message", "")), error.get("data"))
-    return Reply(obj.get("id"), None, info)
+    return ErrorInfo(code if type(code) is int else INTERNAL_ERROR, str(error.get("message", "")), error.get("data"))
+
+
+def _stream_event(obj: dict[str, Any]) -> Reply:
+    """A stream's item (native ``{"id", "item"}``, JSON-RPC ``rpc.item``) or end (``rpc.end``)."""
+    if "item" in obj and "id" in obj:
+        return Reply(obj["id"], obj["item"], kind="item")
+    params = obj.get("params")
+    method = obj.get("method")
+    if method not in ("rpc.item", "rpc.end") or type(params) is not dict or type(params.get("subscription")) is not str:
+        raise ValueError("not a reply object")
+    if method == "rpc.item":
+        return Reply(None, params.get("item"), kind="item", subscription=params["subscription"])
+    error = params.get("error")
+    return Reply(None, None, None if error is None else _error_info(error), "end", params["subscription"])
+
+
+def _reply_from(obj: Any) -> Reply:
+    if type(obj) is not dict:
+        raise ValueError("not a reply object")
+    if "result" not in obj and "error" not in obj:
+        return _stream_event(obj)
+    error = obj.get("error")
+    if error is None:
+        return Reply(obj.get("id"), obj.get("result"))
+    return Reply(obj.get("id"), None, _error_info(error))
 
 
 def decode_replies(text: str | bytes | bytearray) -> list[Reply]:

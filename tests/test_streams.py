@@ -346,3 +346,90 @@ def _publish_reaches(ws: ClientConnection) -> bool:
     send(ws, {"id": ident, "op": "cancel"})
     assert receive(ws)["error"]["code"] == -32002
     return True
+
+
+# -- the client and the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ["native", "jsonrpc"])
+async def test_client_stream_yields_items_and_breaking_stops_it_on_the_server(streams: Any, dialect: str) -> None:
+    """async for over client.stream(): every item in order; leaving the loop early closes the generator."""
+    from synapse_cli import Client
+
+    name = tag()
+    async with Client(streams.url, dialect=dialect) as client:  # type: ignore[arg-type]
+        everything = client.stream("count", tag(), 3)
+        assert [item async for item in everything] == [0, 1, 2]
+        assert everything.result is None
+        seen = []
+        async for item in client.stream("count", name, 100_000, 0.01):
+            seen.append(item)
+            if len(seen) == 3:
+                break
+        assert seen == [0, 1, 2]
+        assert (await client.call("state", "nobody"))["produced"] == 0  # the connection goes on
+    assert wait_for(lambda: name in app.closed, 2)
+
+
+async def test_client_stream_raises_the_streams_error_and_plain_functions_give_their_result(streams: Any) -> None:
+    """An error that ends a stream is raised after its items; a plain function streams no item, only a result."""
+    from synapse_cli import Client, RPCError
+
+    async with Client(streams.url) as client:
+        got = []
+        with pytest.raises(RPCError) as caught:
+            async for item in client.stream("breaks", 2):
+                got.append(item)
+        assert got == [0, 1] and caught.value.code == 4001
+        plain = client.stream("state", "x")
+        assert [item async for item in plain] == []
+        assert plain.result == {"produced": 0, "closed": False}
+
+
+def test_sync_client_stream(streams: Any) -> None:
+    """SyncClient.stream iterates the same way; breaking out stops the stream."""
+    from synapse_cli import SyncClient
+
+    name = tag()
+    with SyncClient(streams.url) as client:
+        assert list(client.stream("sync_count", tag(), 2)) == ["0", "1"]
+        for item in client.stream("count", name, 100_000, 0.01):
+            if item == 2:
+                break
+    assert wait_for(lambda: name in app.closed, 2)
+
+
+def test_synapse_call_prints_items_as_ndjson_and_limit_stops_the_stream(server: Any, cli_env: dict[str, str]) -> None:
+    """`synapse call ticks 3 0` piped: one JSON value per line, exit 0; --limit 2 stops after two items."""
+    from conftest import synapse_executable
+
+    command = [synapse_executable(), "call", "--url", server.url]
+    done = subprocess.run([*command, "ticks", "3", "0"], capture_output=True, text=True, env=cli_env, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0\n1\n2\n", "")
+    limited = subprocess.run(
+        [*command, "ticks", "1000", "0.01", "--limit", "2"], capture_output=True, text=True, env=cli_env, timeout=30
+    )
+    assert (limited.returncode, limited.stdout, limited.stderr) == (0, "0\n1\n", "")
+    assert wait_for(lambda: sum(c.streams for c in list(server.state.connections)) == 0, 3)
+
+
+def test_synapse_call_streams_live_through_a_pipe(server: Any, cli_env: dict[str, str]) -> None:
+    """Items are flushed line by line: the first arrives long before the stream ends (`| head -1` works live)."""
+    from conftest import synapse_executable
+
+    process = subprocess.Popen(
+        [synapse_executable(), "call", "--url", server.url, "ticks", "20", "0.2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env,
+    )
+    try:
+        assert process.stdout is not None
+        started = time.monotonic()
+        assert process.stdout.readline() == "0\n"
+        assert time.monotonic() - started < 3  # the whole stream takes 4 s
+    finally:
+        process.kill()
+        process.wait(10)
+        assert process.stdout is not None
+        process.stdout.close()
