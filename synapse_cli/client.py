@@ -526,7 +526,10 @@ def _from_openrpc(method: dict[str, Any]) -> dict[str, Any]:
         "required": [p["name"] for p in params if p.get("required")],
     }
     result = method.get("result", {}).get("schema", {})
-    return {"name": method["name"], "description": method.get("description", ""), "params": schema, "result": result}
+    entry = {"name": method["name"], "description": method.get("description", ""), "params": schema, "result": result}
+    if method.get("x-stream") is True:
+        entry["stream"] = True
+    return entry
 
 
 class SyncClient:

@@ -160,6 +160,8 @@ def signature(function: dict[str, Any]) -> str:
             part += " = …"
         parts.append(part)
     result = type_of(function.get("result") or {})
+    if function.get("stream") is True:  # a stream function: its result schema is one item's
+        result = f"stream of {result}"
     return f"{function['name']}({', '.join(parts)}) -> {result}"
 
 

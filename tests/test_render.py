@@ -76,3 +76,13 @@ def test_banner_shows_url_and_details() -> None:
 def test_pretty_value_renders_json() -> None:
     """Terminal results are indented JSON."""
     assert _text(render.pretty_value({"a": 1})) == '{\n  "a": 1\n}\n'
+
+
+def test_stream_functions_are_marked_in_signatures() -> None:
+    """A list entry with "stream": true reads `-> stream of <item>` in `synapse list` and the banner."""
+    entry = {"name": "ticks", "params": {"properties": {"n": {"type": "integer"}}, "required": ["n"]}}
+    assert (
+        render.signature({**entry, "result": {"type": "integer"}, "stream": True})
+        == "ticks(n: integer) -> stream of integer"
+    )
+    assert render.signature({**entry, "result": {"type": "integer"}}) == "ticks(n: integer) -> integer"
