@@ -54,11 +54,13 @@ def _find_registry(module: ModuleType, attr: str | None, origin: str) -> Registr
         if not isinstance(value, Registry):
             raise LoadError(f"{origin}: attribute {attr!r} is not a synapse Registry")
         return value
-    found = [v for v in vars(module).values() if isinstance(v, Registry)]
+    found = {name: v for name, v in vars(module).items() if isinstance(v, Registry)}
     if len(found) != 1:
-        what = "no Registry" if not found else f"{len(found)} Registry objects (name one: module:attr)"
-        raise LoadError(f"{origin}: found {what}")
-    return found[0]
+        # Name one the way this target was given: a file as file.py:attr, a module as module:attr.
+        what = "no Registry" if not found else f"{len(found)} Registry objects ({', '.join(found)})"
+        hint = "" if not found else f"; name one: {', '.join(f'{origin}:{name}' for name in found)}"
+        raise LoadError(f"{origin}: found {what}{hint}")
+    return next(iter(found.values()))
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -78,10 +80,14 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def _app_file(target: str) -> tuple[Path, str] | None:
-    """``path/to/app.py[:attr]`` as (path, attr), or None when ``target`` names a module."""
-    if not (target.endswith(".py") or os.sep in target):
+    """``path/to/app.py[:attr]`` or ``app.py[:attr]`` as (path, attr), or None when ``target`` names a module."""
+    if Path(target).exists():  # a file whose name holds a colon is still that file
+        return Path(target), ""
+    path, colon, attr = target.rpartition(":")
+    if not colon:
+        path, attr = target, ""
+    if not (path.endswith(".py") or os.sep in path):
         return None
-    path, _, attr = target.partition(":") if not Path(target).exists() else (target, "", "")
     return Path(path), attr
 
 

@@ -41,6 +41,54 @@ def test_load_module_attr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [f["name"] for f in registry.describe()] == ["greet"]
 
 
+@pytest.mark.parametrize("target", ["two.py:r2", "./two.py:r2", "two:r2", str(APPS / "two.py") + ":r2"])
+def test_file_colon_attr_names_one_of_several_registries(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """file.py:attr, ./file.py:attr, module:attr and /abs/file.py:attr all pick the registry named."""
+    monkeypatch.chdir(APPS)
+    monkeypatch.syspath_prepend(str(APPS))
+    assert [f["name"] for f in load_registry(target).describe()] == ["second"]
+
+
+def test_several_registries_suggest_the_targets_to_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file with two registries suggests file.py:attr; a module with two suggests module:attr."""
+    monkeypatch.chdir(APPS)
+    monkeypatch.syspath_prepend(str(APPS))
+    with pytest.raises(LoadError) as from_file:
+        load_registry("two.py")
+    assert str(from_file.value) == "two.py: found 2 Registry objects (r1, r2); name one: two.py:r1, two.py:r2"
+    with pytest.raises(LoadError) as from_module:
+        load_registry("pkg.rpc")
+    message = "pkg.rpc: found 2 Registry objects (registry, other); name one: pkg.rpc:registry, pkg.rpc:other"
+    assert str(from_module.value) == message
+
+
+def test_serve_file_colon_attr_from_the_command_line(cli_env: dict[str, str]) -> None:
+    """`synapse serve two.py:r2` (a file in the working directory) serves r2."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [synapse_executable(), "serve", "two.py:r2", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env, cwd=APPS, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2) as ws:
+                    ws.send('{"id":1,"func":"second"}')
+                    assert ws.recv(timeout=5) == '{"id":1,"result":2,"error":null}'
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()[1].decode()
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=20)
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [
