@@ -89,3 +89,11 @@ def test_tests_run_from_the_unpacked_sdist(sdist: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " failed" not in done.stdout and " error" not in done.stdout
+
+
+@pytest.mark.slow
+def test_editable_install_prints_no_warning_banner(tmp_path: Path) -> None:
+    """The editable build that `make serve` and `make test` run (pip install -e .) raises no warning."""
+    wheel, warnings = run_hook("build_editable", project_copy(tmp_path), tmp_path / "dist")
+    assert wheel.name.endswith(".whl")
+    assert warnings == []
