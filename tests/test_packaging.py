@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,47 @@ def test_tests_run_from_the_unpacked_sdist(sdist: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " failed" not in done.stdout and " error" not in done.stdout
+
+
+def project_text_files() -> dict[str, str]:
+    """Every text file of the project (not version control, venvs, caches or build output), by path."""
+    skip = {
+        ".git",
+        ".venv",
+        "node_modules",
+        "__pycache__",
+        "build",
+        "dist",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".hypothesis",
+    }
+    files = {}
+    for directory, subdirectories, names in os.walk(ROOT):
+        subdirectories[:] = [d for d in subdirectories if d not in skip and not d.endswith(".egg-info")]
+        for name in names:
+            path = Path(directory, name)
+            try:
+                files[path.relative_to(ROOT).as_posix()] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue
+    return files
+
+
+def test_the_repository_stands_alone() -> None:
+    """No file points outside the repository; the README links CONTRIBUTING.md, which exists."""
+    outside = "../" + "shared"  # spelled in two parts, so that this file does not match itself
+    assert [name for name, text in project_text_files().items() if outside in text] == []
+    assert "[CONTRIBUTING.md](CONTRIBUTING.md)" in (ROOT / "README.md").read_text()
+    assert (ROOT / "CONTRIBUTING.md").read_text().startswith("# Contributing to synapse\n")
+
+
+@pytest.mark.slow
+def test_sdist_metadata_and_contributing(sdist: Path) -> None:
+    """The long description PyPI shows (the README) names nothing outside the package; CONTRIBUTING.md ships."""
+    metadata = (sdist / "PKG-INFO").read_text()
+    assert "WebSocket RPC in one command" in metadata and "../" + "shared" not in metadata
+    assert (sdist / "CONTRIBUTING.md").read_text() == (ROOT / "CONTRIBUTING.md").read_text()
 
 
 @pytest.mark.slow
