@@ -1,8 +1,9 @@
 """The registry: plain Python functions made callable, with arguments validated from type hints.
 
 Each function gets, once at registration, a pydantic-core validator for its arguments (strict JSON
-semantics: strings are never numbers, ``true`` is not an integer) and the JSON Schemas that ``list``
-and ``rpc.discover`` publish. :meth:`Registry.resolve` turns a call into a bound invocation or an
+semantics: strings are never numbers, ``true`` is not an integer), an encoder for its results (as the
+return annotation declares them) and the JSON Schemas that ``list`` and ``rpc.discover`` publish.
+:meth:`Registry.resolve` turns a call into a bound invocation or an
 :class:`~synapse_cli.protocol.ErrorInfo`; running it is the server's business.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import collections.abc
 import inspect
 import logging
+import re
 import traceback
 import types
 import typing
@@ -33,6 +35,7 @@ from synapse_cli.protocol import (
     MAX_NAME_LENGTH,
     METHOD_NOT_FOUND,
     ErrorInfo,
+    dump_json,
 )
 from synapse_cli.topics import Topic
 
@@ -52,6 +55,11 @@ def _first_paragraph(func: Callable[..., Any]) -> str:
 _JSON_NATIVE: Final = frozenset(
     {"arguments-v3", "int", "float", "str", "bool", "none", "any", "list", "dict", "nullable", "union", "default"}
 )
+
+
+# Return types whose values orjson writes as they are: results of these skip pydantic's serializer
+# (the fast path: no cost per call; a value that does not fit is caught only when orjson refuses it).
+_PLAIN_RESULT: Final = frozenset({"int", "float", "str", "bool", "none", "any", "list", "dict", "nullable", "union"})
 
 
 def _schema_types(schema: Any) -> set[str]:
@@ -81,7 +89,11 @@ class Function:
         stream: a generator function (sync or async): a call sends its items, then ends.
         description: the first paragraph of the docstring.
         params_schema: JSON Schema of the arguments object.
-        result_schema: JSON Schema of the return value.
+        result_schema: JSON Schema of the return value, as it is sent.
+        encode_result: the result as JSON text, or None (then :meth:`result_error`). Plain JSON
+            return types (and none declared) take :func:`~synapse_cli.protocol.dump_json` itself, with
+            no cost per call; others (bytes, sets, Decimal, datetime, dataclasses, models...) go through
+            pydantic's serializer for the annotation.
     """
 
     name: str
@@ -97,6 +109,9 @@ class Function:
     _var_kwargs: str | None
     _named: frozenset[str]
     _json_native: bool
+    encode_result: Callable[[Any], bytes | None]
+    _result_adapter: TypeAdapter[Any]
+    _declared: str
     stream: bool = False
     _scalars: tuple[Any, ...] | None = None  # each parameter's plain type, when all are plain: see _bind_scalars
 
@@ -107,17 +122,20 @@ class Function:
         signature = inspect.signature(func)
         kinds = inspect.Parameter
         params = list(signature.parameters.values())
-        hints = _return_hint(func)
+        hint = _return_hint(func)
         stream = inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func)
         if stream:
-            hints = _item_hint(hints, name)
+            hint = _item_hint(hint, name)
             if inline:
                 raise ValueError(f"stream function {name!r} cannot be inline: its items are sent as they come")
+        declared = hint is not inspect.Signature.empty
         try:
-            result_schema = TypeAdapter(hints).json_schema() if hints is not inspect.Signature.empty else {}
+            adapter = TypeAdapter(hint if declared else Any)  # none declared: the value's own type decides
+            result_schema = adapter.json_schema(mode="serialization") if declared else {}
         except pydantic.PydanticSchemaGenerationError as exc:
-            raise ValueError(f"function {name!r}: no JSON Schema for its return annotation {hints!r}") from exc
-        return cls(
+            raise ValueError(f"function {name!r}: no JSON Schema for its return annotation {hint!r}") from exc
+        plain = _schema_types(adapter.core_schema) <= _PLAIN_RESULT
+        entry = cls(
             name=name,
             func=func,
             inline=inline,
@@ -133,7 +151,39 @@ class Function:
             _json_native=_schema_types(core_schema) <= _JSON_NATIVE,
             stream=stream,
             _scalars=_plain_parameters(func, params),
+            encode_result=dump_json,
+            _result_adapter=adapter,
+            _declared=_type_name(hint) if declared else "Any",
         )
+        if not plain:
+            entry.encode_result = entry._encode_declared
+        return entry
+
+    def _encode_declared(self, result: Any) -> bytes | None:
+        """The result serialized as the return annotation declares it (bytes, sets, models...), or None."""
+        try:
+            value = self._result_adapter.dump_python(result, mode="json", warnings="error")
+        except Exception:  # does not fit the annotation (or a serializer of its own failed)
+            return None
+        return dump_json(value)  # NaN, Infinity, 64+ bit integers and deep nesting are still refused
+
+    def result_error(self, result: Any) -> RPCError:
+        """The error for a result :attr:`encode_result` refused, logged with the function and the types.
+
+        -32603 "result not serializable", ``data`` naming the type returned and the type declared. A value
+        of a plain JSON type's annotation (``Any`` included) is only ever written by orjson: a set returned
+        as ``Any`` is refused, as JSON cannot carry it; pydantic's serializer only says why it does not fit.
+        """
+        try:
+            self._result_adapter.dump_python(result, mode="json", warnings="error")
+            problem = (
+                "which JSON cannot carry (NaN, Infinity, an integer beyond 64 bits, nesting deeper than 64, a set?)"
+            )
+        except Exception as exc:  # does not fit the annotation (or a serializer of its own failed)
+            problem = f"which does not fit its return annotation -> {self._declared}: {_one_line(exc)}"
+        returned = type(result).__name__
+        logger.error("function %s returned %s, %s", self.name, returned, problem, extra={"function": self.name})
+        return RPCError("result not serializable", INTERNAL_ERROR, {"type": returned, "declared": self._declared})
 
     def bind(self, args: list[Any] | dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Validate ``args`` against the signature: (args, kwargs) to call with, or RPCError -32602."""
@@ -257,6 +307,16 @@ def _plain_parameters(func: Callable[..., Any], params: list[inspect.Parameter])
         else:
             return None
     return tuple(kinds)
+
+
+def _type_name(hint: Any) -> str:
+    """An annotation as written in code: ``bytes``, ``set[int]``, ``Point | None`` (no module prefixes)."""
+    text = hint.__name__ if isinstance(hint, type) and not getattr(hint, "__args__", None) else repr(hint)
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _return_hint(func: Callable[..., Any]) -> Any:

@@ -275,12 +275,14 @@ class Session:
         """A cheap sync function, run right here: no task, no thread."""
         try:
             result = function.func(*args, **kwargs)
+            if (body := function.encode_result(result)) is None:  # orjson for plain JSON types, else as declared
+                raise function.result_error(result)  # -32603, logged with the function and the types
         except Exception as exc:
             error = error_from_exception(exc, debug=self.debug, function=function.name)
             self._observe(function.name, str(error.code), start, item.id)
             return _error(item, error)
         self._observe(function.name, "ok", start, item.id)
-        return None if item.notification else protocol.reply_result(item.id, item.dialect, result)
+        return None if item.notification else protocol.reply_body(item.id, item.dialect, body)
 
     def _launch(self, key: Any, call: _Call, actions: list[Action]) -> None:
         call.running = True
@@ -313,13 +315,15 @@ class Session:
         request, name = call.request, call.function.name
         if call.subscription is not None:
             del self.subscriptions[call.subscription]
+        body = None  # a stream's end carries no result
+        if error is None and not call.function.stream:  # orjson for plain JSON types, else as declared
+            if (body := call.function.encode_result(result)) is None:
+                error = call.function.result_error(result)  # -32603, logged with the function and the types
         if error is None:
             self._observe(name, "ok", call.start, request.id)
             if call.subscription is not None:
                 return protocol.encode_end(call.subscription, None)
-            if call.function.stream:
-                result = None  # a stream's end carries no result
-            return None if request.notification else protocol.reply_result(request.id, request.dialect, result)
+            return None if request.notification else protocol.reply_body(request.id, request.dialect, body or b"null")
         if call.reason is not None:  # stopped on purpose: the reason words the reply
             info = _CANCEL_ERRORS[call.reason]
         elif not isinstance(error, Exception):  # cancelled with no reason: the peer is gone

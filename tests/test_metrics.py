@@ -53,6 +53,22 @@ def test_metrics_count_calls_by_function_and_outcome(make_server) -> None:  # ty
         assert value(samples, "synapse_message_bytes_total", direction="out") > 0
 
 
+def test_results_that_cannot_be_sent_count_as_errors(make_server) -> None:  # type: ignore[no-untyped-def]
+    """A result that does not fit its annotation counts as -32603, inline or in a thread; a fitting one as ok."""
+    from conftest import load_app
+
+    with make_server(load_app("results")) as running, connect(running.url) as ws:
+        for request_id, func in enumerate(["wrong_bytes", "wrong_list", "wrong_list", "aset", "not_a_number"]):
+            ws.send(f'{{"id":{request_id},"func":"{func}"}}')
+            ws.recv(timeout=5)
+        samples = scrape(running.http)
+        assert value(samples, "synapse_calls_total", function="wrong_bytes", outcome="-32603") == 1
+        assert value(samples, "synapse_calls_total", function="wrong_list", outcome="-32603") == 2
+        assert value(samples, "synapse_calls_total", function="not_a_number", outcome="-32603") == 1
+        assert value(samples, "synapse_calls_total", function="aset", outcome="ok") == 1
+        assert value(samples, "synapse_calls_total", outcome="ok") == 1
+
+
 def test_metrics_count_messages_bytes_and_protocol_errors(make_server) -> None:  # type: ignore[no-untyped-def]
     """Bytes in are the UTF-8 size of what was sent; refused messages count by error code."""
     with make_server() as running, connect(running.url) as ws:

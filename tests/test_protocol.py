@@ -27,6 +27,7 @@ from synapse_cli.protocol import (
     METHOD_NOT_FOUND,
     NATIVE,
     PARSE_ERROR,
+    Dialect,
     ErrorInfo,
     Frame,
     Invalid,
@@ -38,6 +39,7 @@ from synapse_cli.protocol import (
     encode_call,
     encode_cancel,
     join_batch,
+    reply_body,
     reply_error,
     reply_result,
 )
@@ -942,3 +944,12 @@ def test_a_duplicated_key_does_not_skip_the_checks(text: str) -> None:
     """A key given twice (the parser keeps the last) still gets the nesting and 64-bit checks."""
     [item] = decode_frame(text).items
     assert isinstance(item, Invalid) and item.error.code == protocol.PARSE_ERROR
+
+
+@pytest.mark.parametrize("dialect", [NATIVE, JSONRPC])
+def test_reply_body_wraps_an_encoded_result_as_reply_result_does(dialect: Dialect) -> None:
+    """reply_body around dump_json's text is byte for byte the reply reply_result writes."""
+    for request_id, result in [(1, 3), ("a", {"x": [1.5, None]}), (7, "text")]:
+        body = dump_json(result)
+        assert body is not None
+        assert reply_body(request_id, dialect, body) == reply_result(request_id, dialect, result)

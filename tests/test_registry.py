@@ -13,7 +13,7 @@ import pytest
 
 from synapse_cli.builtins import MAX_SLEEP_SECONDS, default_registry
 from synapse_cli.errors import RPCError
-from synapse_cli.protocol import ErrorInfo, reply_error
+from synapse_cli.protocol import ErrorInfo, dump_json, reply_error
 from synapse_cli.registry import Function, Registry, error_from_exception
 
 
@@ -659,3 +659,87 @@ def test_plain_parameters_are_bound_by_type_with_pydantics_outcome() -> None:
 
     same()
     assert Function.build(lambda a, b=1: None, name="defaults", inline=True)._scalars is None
+
+
+# -- results --------------------------------------------------------------------------------------------
+
+
+def results_registry() -> Registry:
+    from conftest import load_app
+
+    return load_app("results")
+
+
+def encoded(registry: Registry, name: str) -> bytes | None:
+    """The reply body the server sends for this function's result (None: it answers result_error)."""
+    entry = registry.get(name)
+    assert entry is not None
+    return entry.encode_result(entry.func())
+
+
+def test_results_are_serialized_as_their_declared_type() -> None:
+    """bytes, sets, Decimal, datetime, dataclasses and models come out as their annotation declares."""
+    registry = results_registry()
+    assert encoded(registry, "abytes") == b'"ab"'
+    assert encoded(registry, "aset") == b"[1,2,3]"
+    assert encoded(registry, "adecimal") == b'"1.50"'
+    assert encoded(registry, "adatetime") == b'"2026-12-01T04:05:06Z"'
+    assert encoded(registry, "areading") == b'{"name":"t","tags":["x"]}'
+
+
+def test_list_advertises_what_is_sent() -> None:
+    """The result schemas describe the serialized form (a Decimal is a string, a set a unique array)."""
+    results = {d["name"]: d["result"] for d in results_registry().describe()}
+    assert results["abytes"] == {"type": "string", "format": "binary"}
+    assert results["aset"] == {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
+    assert results["adecimal"] == {"type": "string"}
+
+
+def test_plain_json_results_take_the_fast_path() -> None:
+    """Plain JSON return types (and none declared) are encoded by orjson directly: no serializer per call."""
+    registry = Registry()
+
+    def number() -> int | float: ...
+    def numbers() -> list[int]: ...
+    def mapping() -> dict[str, Any]: ...
+    def text() -> str | None: ...
+    def anything() -> Any: ...
+    def nothing() -> None: ...
+
+    for func in (number, numbers, mapping, text, anything, nothing):
+        registry.add(func)
+    registry.add(lambda: 1, name="unannotated")
+    assert all(entry.encode_result is dump_json for entry in registry)
+    declared = [entry.name for entry in results_registry() if entry.encode_result is not dump_json]
+    assert declared == ["abytes", "aset", "adecimal", "adatetime", "areading", "apoint", "wrong_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        (
+            "wrong_bytes",
+            {"type": "set", "declared": "bytes"},
+            "set, which does not fit its return annotation -> bytes: ",
+        ),
+        (
+            "wrong_list",
+            {"type": "set", "declared": "list[int]"},
+            "set, which does not fit its return annotation -> list",
+        ),
+        ("not_a_number", {"type": "float", "declared": "float"}, "float, which JSON cannot carry (NaN, Infinity"),
+        ("anything", {"type": "set", "declared": "Any"}, "set, which JSON cannot carry"),  # SPEC 1.3: a set
+    ],
+)
+def test_a_result_that_cannot_be_sent_is_an_error_naming_the_types(
+    caplog: pytest.LogCaptureFixture, name: str, data: dict[str, str], reason: str
+) -> None:
+    """-32603 "result not serializable" naming the type returned and declared; logged with the function."""
+    entry = results_registry().get(name)
+    assert entry is not None
+    assert entry.encode_result(entry.func()) is None
+    with caplog.at_level(logging.ERROR, logger="synapse.calls"):
+        error = entry.result_error(entry.func())
+    assert (error.code, error.message, error.data) == (-32603, "result not serializable", data)
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"function {name} returned {reason}")

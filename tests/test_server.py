@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -1006,3 +1007,35 @@ def test_a_path_other_than_ws_is_404_naming_the_endpoint(server: Any) -> None:
             open_ws(server.url.replace("/ws", path))
         assert refused.value.response.status_code == 404
         assert b"the endpoint is /ws" in refused.value.response.body
+
+
+# -- results sent as their declared type -----------------------------------------------------------
+
+
+def test_results_go_out_as_declared_and_misfits_are_errors(make_server: Any) -> None:
+    """bytes/set/Decimal/datetime/dataclass/model results are sent as declared; a misfit is -32603, logged."""
+    from conftest import load_app
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    calls = ["abytes", "aset", "adecimal", "adatetime", "areading", "apoint", "wrong_bytes", "wrong_list", "anything"]
+    with make_server(load_app("results")) as running, open_ws(running.url) as ws:
+        logging.getLogger("synapse.calls").addHandler(handler)  # once the server has configured logging
+        try:
+            replies = [exchange(ws, {"id": i, "func": func}) for i, func in enumerate(calls)]
+        finally:
+            logging.getLogger("synapse.calls").removeHandler(handler)
+    assert [reply["result"] for reply in replies[:6]] == [
+        "ab", [1, 2, 3], "1.50", "2026-12-01T04:05:06Z", {"name": "t", "tags": ["x"]}, {"x": 1.0, "y": 2.5}
+    ]  # fmt: skip
+    assert [error_of(reply) for reply in replies[6:]] == [
+        {"code": -32603, "message": "result not serializable", "data": {"type": "set", "declared": declared}}
+        for declared in ("bytes", "list[int]", "Any")
+    ]
+    assert [record.getMessage().split(",")[0] for record in records] == [
+        "function wrong_bytes returned set",
+        "function wrong_list returned set",
+        "function anything returned set",
+    ]
+    assert all(record.levelno == logging.ERROR for record in records)
