@@ -194,7 +194,7 @@ def _settings(options: dict[str, Any]) -> Settings:
 
 
 def _print_banner(settings: Settings, functions: list[dict[str, Any]]) -> None:
-    render.console(stderr=True).print(render.serve_banner(settings, functions, version=__version__))
+    render.write_banner(settings, functions, version=__version__)
 
 
 # -- call ----------------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ def log_config(level: str, log_format: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # uvicorn's is stdout: stdout is for results
     config["loggers"]["synapse"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     if log_format == "json":
         json_formatter = {"()": "synapse_cli.logs.JSONFormatter"}

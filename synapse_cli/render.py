@@ -19,6 +19,7 @@ import orjson
 __all__ = [
     "BenchProgress",
     "banner",
+    "banner_entry",
     "bench_report",
     "comparison_table",
     "console",
@@ -32,6 +33,7 @@ __all__ = [
     "signature",
     "tolerant_streams",
     "type_of",
+    "write_banner",
     "write_json",
 ]
 
@@ -202,6 +204,10 @@ def banner(url: str, functions: list[dict[str, Any]], *, version: str, details: 
 
 def serve_banner(settings: Any, functions: list[dict[str, Any]], *, version: str) -> Any:
     """``synapse serve``'s banner for its ``Settings`` (the port is the one bound)."""
+    return banner(settings.url, functions, version=version, details=_serve_details(settings))
+
+
+def _serve_details(settings: Any) -> dict[str, str]:
     auth = "bearer token required" if settings.token else "none" if settings.insecure else "none (loopback only)"
     details = {
         "auth": auth,
@@ -213,7 +219,32 @@ def serve_banner(settings: Any, functions: list[dict[str, Any]], *, version: str
         details["docs"] = settings.url.replace("ws", "http", 1).removesuffix("/ws") + "/docs"
     if settings.workers > 1:
         details["workers"] = str(settings.workers)
-    return banner(settings.url, functions, version=version, details=details)
+    return details
+
+
+def banner_entry(url: str, functions: list[dict[str, Any]], *, version: str, details: dict[str, str]) -> dict[str, Any]:
+    """The banner as one ``--log-format json`` line: a log entry with the URL, settings and signatures."""
+    from datetime import datetime, timezone
+
+    return {
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "level": "info",
+        "logger": "synapse.server",
+        "event": f"synapse {version} serving on {url}",
+        "url": url,
+        "version": version,
+        **details,
+        "functions": [signature(function) for function in functions],
+    }
+
+
+def write_banner(settings: Any, functions: list[dict[str, Any]], *, version: str) -> None:
+    """Write ``synapse serve``'s banner to stderr: the panel and table, or one JSON line with --log-format json."""
+    if settings.log_format == "json":
+        entry = banner_entry(settings.url, functions, version=version, details=_serve_details(settings))
+        write_json(entry, sys.stderr)
+    else:
+        console(stderr=True).print(serve_banner(settings, functions, version=version))
 
 
 # -- bench -----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from conftest import synapse_executable
 from websockets.sync.client import connect
 
+from synapse_cli.builtins import default_registry
 from synapse_cli.logs import JSONFormatter, RateLimitedLog, SafeLogFilter
 
 
@@ -28,12 +29,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(args: list[str], env: dict[str, str], cwd: Path | None = None) -> Iterator[tuple[str, list[str]]]:
-    """Run `synapse serve ARGS --port P`; yield its URL and (after it stops) its stderr lines."""
+def serving(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, stdout: list[str] | None = None
+) -> Iterator[tuple[str, list[str]]]:
+    """Run `synapse serve ARGS --port P`; yield its URL and (after it stops) its stderr lines (stdout's too)."""
     port = free_port()
     process = subprocess.Popen(
         [synapse_executable(), "serve", *args, "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True,
+        stdout=subprocess.DEVNULL if stdout is None else subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, cwd=cwd, start_new_session=True,
     )  # fmt: skip
     lines: list[str] = []
     url = f"ws://127.0.0.1:{port}/ws"
@@ -51,8 +55,10 @@ def serving(args: list[str], env: dict[str, str], cwd: Path | None = None) -> It
         yield url, lines
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
+        out, stderr = process.communicate(timeout=20)
         lines.extend(stderr.splitlines())
+        if stdout is not None:
+            stdout.extend(out.splitlines())
 
 
 def test_json_formatter_writes_one_object_with_fields() -> None:
@@ -105,6 +111,50 @@ def test_json_logs_of_a_real_server(cli_env: dict[str, str]) -> None:
     assert 1 <= len(protocol_errors) <= 3
     text = "\n".join(lines)
     assert "SEKRIT-42" not in text and "BODY-SECRET" not in text
+
+
+def visit(url: str) -> None:
+    """One GET /health (an access line) and one WebSocket connection with one call, closed by the client."""
+    health = url.replace("ws://", "http://").removesuffix("/ws") + "/health"
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(health, timeout=5) as response:
+        assert response.status == 200
+    with connect(url) as ws:
+        ws.send('{"id":1,"func":"add_numbers","args":[1,2]}')
+        assert ws.recv(timeout=5) == '{"id":1,"result":3,"error":null}'
+    time.sleep(0.3)  # the server notices the close
+
+
+def test_json_mode_writes_only_json_to_stderr_and_nothing_to_stdout(cli_env: dict[str, str]) -> None:
+    """--log-format json: every line is JSON (the banner one object), access lines included, stdout empty."""
+    stdout: list[str] = []
+    with serving(["--log-format", "json", "--log-level", "debug"], cli_env, stdout=stdout) as (url, lines):
+        visit(url)
+    assert stdout == []
+    entries = [json.loads(line) for line in lines]  # every line parses
+    (banner,) = [entry for entry in entries if "url" in entry]
+    assert banner["url"] == url and banner["event"].endswith(f"serving on {url}") and banner["level"] == "info"
+    assert "add_numbers(a: integer | number, b: integer | number) -> integer | number" in banner["functions"]
+    assert len(banner["functions"]) == len(default_registry())
+    assert [e["logger"] for e in entries if "GET /health" in e["event"]] == [
+        "uvicorn.access"
+    ] * 2  # serving() polls once
+    opened = [e for e in entries if e["event"] == "connection open"]
+    closed = [e for e in entries if e["event"] == "connection closed"]
+    assert len(opened) == len(closed) == 1  # once each, the WebSocket library's own line dropped
+    assert {k: opened[0][k] for k in ("level", "logger", "connection")} == {
+        k: closed[0][k] for k in ("level", "logger", "connection")
+    }
+    assert opened[0]["peer"] == closed[0]["peer"] != ""
+
+
+def test_human_mode_access_lines_go_to_stderr(cli_env: dict[str, str]) -> None:
+    """Human logs: the access line, like every other line, is on stderr; at info no unpaired connection line."""
+    stdout: list[str] = []
+    with serving([], cli_env, stdout=stdout) as (url, lines):
+        visit(url)
+    assert stdout == []
+    assert len([line for line in lines if '"GET /health HTTP/1.1" 200' in line]) == 2  # serving() polls once
+    assert [line for line in lines if line.endswith(("connection open", "connection closed"))] == []  # debug
 
 
 @pytest.mark.slow

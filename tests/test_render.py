@@ -86,3 +86,17 @@ def test_stream_functions_are_marked_in_signatures() -> None:
         == "ticks(n: integer) -> stream of integer"
     )
     assert render.signature({**entry, "result": {"type": "integer"}}) == "ticks(n: integer) -> integer"
+
+
+def test_banner_entry_is_one_log_entry_with_the_signatures() -> None:
+    """In JSON log mode the banner is one log-shaped object: URL, version, settings, signatures (no table)."""
+    details = {"auth": "none (loopback only)", "health": "http://127.0.0.1:9/health"}
+    entry = render.banner_entry("ws://127.0.0.1:9/ws", default_registry().describe(), version="1.2", details=details)
+    assert entry.keys() == {"timestamp", "level", "logger", "event", "url", "version", "auth", "health", "functions"}
+    assert (entry["level"], entry["logger"], entry["event"]) == (
+        "info",
+        "synapse.server",
+        "synapse 1.2 serving on ws://127.0.0.1:9/ws",
+    )
+    assert "echo(value: any) -> any" in entry["functions"] and len(entry["functions"]) == len(default_registry())
+    assert entry["timestamp"].endswith("+00:00")
