@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType, ModuleType
@@ -33,7 +34,7 @@ from synapse_cli.registry import Registry
 from synapse_cli.server import Settings, bind_sockets, create_app
 from synapse_cli.transport import CLOSE_TIMEOUT, guarded_http_protocol, websocket_protocol
 
-__all__ = ["LoadError", "ServeError", "load_registry", "run", "serve", "serve_reload", "serve_workers"]
+__all__ = ["LoadError", "ServeError", "check_import", "load_registry", "run", "serve", "serve_reload", "serve_workers"]
 
 logger = logging.getLogger("synapse.server")
 
@@ -75,8 +76,19 @@ def _import_file(path: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise LoadError(f"error while importing {path}: {type(exc).__name__}: {exc}") from exc
+        raise LoadError(f"error while importing {path}: {_describe(exc)}") from exc
     return module
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (file.py, line N)``: where the import failed, in one line (no traceback)."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError):  # its message already says "(file.py, line N)"
+        return text
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<")]
+    if frames:
+        text += f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})"
+    return text
 
 
 def _app_file(target: str) -> tuple[Path, str] | None:
@@ -106,7 +118,7 @@ def load_registry(target: str | None) -> Registry:
     except ImportError as exc:
         raise LoadError(f"cannot import module {module_name!r}: {exc}") from exc
     except Exception as exc:
-        raise LoadError(f"error while importing {module_name}: {type(exc).__name__}: {exc}") from exc
+        raise LoadError(f"error while importing {module_name}: {_describe(exc)}") from exc
     return _find_registry(module, attr or None, target)
 
 
@@ -173,7 +185,43 @@ def serve(registry: Registry, settings: Settings, *, sock: socket.socket, versio
 
 def _worker(target: str | None, settings: Settings, sock: socket.socket, version: str) -> None:
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards one SIGTERM
-    serve(load_registry(target), settings, sock=sock, version=version)
+    try:
+        registry = load_registry(target)
+    except LoadError as exc:  # one line, not multiprocessing's chained tracebacks
+        logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+        logger.error("cannot load the application: %s", exc)
+        sys.exit(1)
+    serve(registry, settings, sock=sock, version=version)
+
+
+def _check_import(target: str | None, result: Any) -> None:
+    """In a fresh process: load the application and send back None, or the one-line error."""
+    try:
+        load_registry(target)
+    except LoadError as exc:
+        result.send(str(exc))
+    else:
+        result.send(None)
+
+
+def check_import(target: str | None, *, timeout: float = 60.0) -> str | None:
+    """Import the application in a fresh process, as a new worker would: None when it loads, else why not."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_check_import, args=(target, sender), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        error: str | None = receiver.recv() if receiver.poll(timeout) else f"importing took over {timeout:g} s"
+    except EOFError:  # the application ended the process (sys.exit, os._exit, a crash) while importing
+        process.join()
+        error = f"importing it ended the process (exit code {process.exitcode})"
+    finally:
+        receiver.close()
+    if process.is_alive():
+        process.kill()
+    process.join()
+    return error
 
 
 def serve_workers(target: str | None, settings: Settings, *, sockets: list[socket.socket], version: str = "0") -> None:
@@ -232,7 +280,10 @@ def serve_reload(target: str | None, settings: Settings, *, sock: socket.socket,
     """Development mode: serve in a child process and restart it whenever a .py file changes.
 
     Watches the working directory and the application file's directory with ``watchfiles`` (the
-    library behind uvicorn's ``--reload``).
+    library behind uvicorn's ``--reload``). Before stopping the running worker, the changed code is
+    imported in a fresh process (:func:`check_import`): code that does not load (a syntax error, an
+    exception at import) is reported in one line naming the file and line, and the previous code keeps
+    serving until a later change loads.
     """
     import threading
 
@@ -264,8 +315,12 @@ def serve_reload(target: str | None, settings: Settings, *, sock: socket.socket,
     logger.info("watching %s for changes", ", ".join(sorted(map(str, directories))))
     try:
         for changes in watchfiles.watch(*directories, watch_filter=watchfiles.PythonFilter(), stop_event=stop):
-            names = sorted({Path(path).name for _, path in changes})
-            logger.warning("%s changed; restarting", ", ".join(names))
+            names = ", ".join(sorted({Path(path).name for _, path in changes}))
+            error = check_import(target)
+            if error is not None:
+                logger.error("%s changed; still serving the previous code: %s", names, error)
+                continue
+            logger.warning("%s changed; restarting", names)
             finish(process)
             process = start()
     finally:

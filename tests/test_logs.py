@@ -8,14 +8,17 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
-from conftest import synapse_executable
+from conftest import synapse_executable, wait_for
+from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
 from synapse_cli.builtins import default_registry
@@ -32,7 +35,7 @@ def free_port() -> int:
 def serving(
     args: list[str], env: dict[str, str], cwd: Path | None = None, stdout: list[str] | None = None
 ) -> Iterator[tuple[str, list[str]]]:
-    """Run `synapse serve ARGS --port P`; yield its URL and (after it stops) its stderr lines (stdout's too)."""
+    """Run `synapse serve ARGS --port P`; yield its URL and its stderr lines as they come (stdout's too)."""
     port = free_port()
     process = subprocess.Popen(
         [synapse_executable(), "serve", *args, "--port", str(port)],
@@ -40,6 +43,11 @@ def serving(
         env=env, cwd=cwd, start_new_session=True,
     )  # fmt: skip
     lines: list[str] = []
+    readers = [threading.Thread(target=collect, args=(process.stderr, lines), daemon=True)]
+    if stdout is not None:
+        readers.append(threading.Thread(target=collect, args=(process.stdout, stdout), daemon=True))
+    for reader in readers:
+        reader.start()
     url = f"ws://127.0.0.1:{port}/ws"
     try:
         deadline = time.monotonic() + 20
@@ -55,10 +63,16 @@ def serving(
         yield url, lines
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        out, stderr = process.communicate(timeout=20)
-        lines.extend(stderr.splitlines())
-        if stdout is not None:
-            stdout.extend(out.splitlines())
+        process.wait(20)
+        for reader in readers:
+            reader.join(10)
+
+
+def collect(stream: IO[str], lines: list[str]) -> None:
+    """Append each line of ``stream`` (without its newline) to ``lines`` until it ends."""
+    for line in stream:
+        lines.append(line.rstrip("\n"))
+    stream.close()
 
 
 def test_json_formatter_writes_one_object_with_fields() -> None:
@@ -179,3 +193,43 @@ def test_reload_restarts_on_code_change(cli_env: dict[str, str], tmp_path: Path)
             except OSError:
                 continue
         assert result == 2
+
+
+@pytest.mark.slow
+def test_reload_keeps_serving_through_a_syntax_error(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """--reload: saving a syntax error logs one line (file, line), the old code answers, the fix is served."""
+    app = tmp_path / "app.py"
+    source = "from synapse_cli import Registry\nregistry = Registry()\n\n@registry.function\ndef v() -> int:\n"
+
+    def save(body: str) -> None:  # atomically, as editors do: one change event
+        (tmp_path / "app.tmp").write_text(source + body)
+        os.replace(tmp_path / "app.tmp", app)
+
+    def call() -> object:
+        with connect(url, open_timeout=5) as ws:
+            ws.send('{"id":1,"func":"v"}')
+            return json.loads(ws.recv(timeout=5))["result"]
+
+    save("    return 1\n")
+    with serving([str(app), "--reload"], cli_env, cwd=tmp_path) as (url, lines):
+        assert call() == 1
+        save("    return 1 +\n")
+        assert wait_for(lambda: any("still serving the previous code" in line for line in lines), 30), lines
+        assert call() == 1  # at once: the previous code still serves
+        save("    return 2\n")
+        assert wait_for(lambda: any("changed; restarting" in line for line in lines), 30), lines
+        assert wait_for(lambda: answers(call) == 2, 20)
+    errors = [line for line in lines if "Error" in line]
+    assert errors == [
+        "ERROR:    app.py changed; still serving the previous code: "
+        f"error while importing {app}: SyntaxError: invalid syntax (app.py, line 6)"
+    ]
+    assert not [line for line in lines if "Traceback" in line]
+
+
+def answers(call: Callable[[], object]) -> object:
+    """What ``call`` returns, or None while the server restarts (refused, draining: 503 or 1001, too slow)."""
+    try:
+        return call()
+    except (OSError, TimeoutError, WebSocketException):
+        return None

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import APPS, running_server, synapse_executable
 from websockets.sync.client import connect
 
 from synapse_cli.registry import Registry
-from synapse_cli.runner import LoadError, load_registry
+from synapse_cli.runner import LoadError, check_import, load_registry
 from synapse_cli.server import Settings, bind_socket, is_loopback
 
 
@@ -93,7 +94,7 @@ def test_serve_file_colon_attr_from_the_command_line(cli_env: dict[str, str]) ->
     ("target", "message"),
     [
         ("missing_file.py", "no such file"),
-        (str(APPS / "broken.py"), "RuntimeError: this module is broken on purpose"),
+        (str(APPS / "broken.py"), "RuntimeError: this module is broken on purpose (broken.py, line 3)"),
         (str(APPS / "no_registry.py"), "found no Registry"),
         ("pkg.rpc", "found 2 Registry objects"),
         ("pkg.rpc:nothing", "attribute 'nothing' is not a synapse Registry"),
@@ -106,6 +107,20 @@ def test_load_errors_are_clear(monkeypatch: pytest.MonkeyPatch, target: str, mes
     monkeypatch.syspath_prepend(str(APPS))
     with pytest.raises(LoadError, match=re.escape(message)):
         load_registry(target)
+
+
+def test_check_import_loads_the_application_in_a_fresh_process(tmp_path: Path) -> None:
+    """check_import: None for code that loads; one line naming the file and line for code that does not."""
+    assert check_import(str(APPS / "pids.py")) is None
+    broken = tmp_path / "typo.py"
+    broken.write_text("from synapse_cli import Registry\n\nregistry = Registry(\n")
+    assert check_import(str(broken)) == (
+        f"error while importing {broken}: SyntaxError: '(' was never closed (typo.py, line 3)"
+    )
+    assert check_import(str(APPS / "broken.py")) == (
+        f"error while importing {APPS / 'broken.py'}: "
+        "RuntimeError: this module is broken on purpose (broken.py, line 3)"
+    )
 
 
 def test_loopback_detection() -> None:
