@@ -178,9 +178,11 @@ def serve(
 
     settings = _settings(locals())
     try:
-        runner.run(target, settings, reload=reload, on_ready=_print_banner)
+        clean = runner.run(target, settings, reload=reload, on_ready=_print_banner)
     except runner.ServeError as exc:
         raise UsageError(str(exc)) from None
+    if not clean:  # a second Ctrl-C cut the drain short: not a clean exit
+        raise typer.Exit(ExitStatus.INTERRUPTED)
 
 
 def _settings(options: dict[str, Any]) -> Settings:

@@ -336,12 +336,14 @@ def run(
     reload: bool = False,
     on_ready: Callable[[Settings, list[dict[str, Any]]], None] | None = None,
     version: str = __version__,
-) -> None:
+) -> bool:
     """What ``synapse serve`` does, as uvicorn's ``run()`` does for ``uvicorn``: the CLI only forwards here.
 
     Checks ``settings``, loads the registry ``target`` names, binds the port, calls ``on_ready`` with the
     settings as bound (port 0 resolved) and the functions served, then serves in this process, under
     ``--reload``, or over ``settings.workers`` processes, until SIGINT/SIGTERM.
+
+    Returns True after a graceful stop, False when a second signal forced it.
 
     Raises:
         ServeError: bad settings, an application that cannot be loaded (``LoadError``), a port in use.
@@ -362,7 +364,8 @@ def run(
         on_ready(settings, registry.describe())
     if reload:
         serve_reload(target, settings, sock=sockets[0], version=version)
-    elif settings.workers > 1:
+        return True
+    if settings.workers > 1:
         serve_workers(target, settings, sockets=sockets, version=version)
-    else:
-        serve(registry, settings, sock=sockets[0], version=version)
+        return True
+    return serve(registry, settings, sock=sockets[0], version=version)

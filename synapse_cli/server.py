@@ -144,6 +144,20 @@ class ServerState:
         scheme = "https" if self.settings.certfile else "http"
         return len(hosts) == 1 and origin == f"{scheme}://{hosts[0]}"
 
+    def log_drain(self) -> None:
+        """Say what the shutdown waits for (the calls in flight, for how long), instead of a silence."""
+        calls = sum(len(connection.session.calls) for connection in self.connections)
+        streams = sum(connection.streams for connection in self.connections)
+        if calls - streams > 0:
+            logger.info(
+                "draining: waiting up to %g s for %d call%s in flight to finish (Ctrl-C again to stop now)",
+                self.settings.grace,
+                calls - streams,
+                "" if calls - streams == 1 else "s",
+            )
+        if streams:
+            logger.info("draining: ending %d stream%s with -32003", streams, "" if streams == 1 else "s")
+
     def session(self) -> Session:
         """A new connection's session, with this server's limits."""
         settings = self.settings

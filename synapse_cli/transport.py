@@ -155,7 +155,9 @@ class _WebSocket:
 
     def shutdown(self) -> None:
         """uvicorn is shutting down: drain the calls (``--grace``), then close with 1001."""
-        self.state.draining = True
+        if not self.state.draining:
+            self.state.draining = True
+            self.state.log_drain()
         if self.connection is None or self.ws.state is not _OPEN:
             self._close_transport()
             return

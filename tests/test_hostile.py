@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -266,3 +267,15 @@ def _recv(sock: socket.socket, timeout: float) -> bytes | None:
         return None
     except OSError:
         return b""
+
+
+def test_shutdown_says_what_it_waits_for_and_a_forced_stop_is_not_a_clean_exit() -> None:
+    """Ctrl-C with a call in flight logs what the drain waits for; a second Ctrl-C exits 130, not 0."""
+    with synapse_serve(app=None) as server, open_ws(server.url) as ws:
+        ws.send('{"id": 1, "func": "sleep", "args": [30]}')
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGINT)
+        assert wait_for(lambda: "draining: waiting up to 5 s for 1 call in flight" in server.output(), 5)
+        server.process.send_signal(signal.SIGINT)
+        status = server.process.wait(15)
+    assert status == 130, server.output()[-2000:]
