@@ -577,14 +577,20 @@ def test_call_does_not_import_pydantic(server: RunningServer, cli_env: dict[str,
 # -- serve only forwards to runner.run -------------------------------------------------------------
 
 
-def invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, list[tuple[Any, ...]]]:
-    """Run ``synapse ARGS`` in this process with ``runner.run`` replaced by a recorder; (exit code, its calls)."""
+def invoke(monkeypatch: pytest.MonkeyPatch, *args: str, clean: bool = True) -> tuple[int, list[tuple[Any, ...]]]:
+    """Run ``synapse ARGS`` in this process with ``runner.run`` replaced by a recorder that returns ``clean``
+    (a graceful stop, or a forced one); (exit code, its calls)."""
     from typer.testing import CliRunner
 
     from synapse_cli import cli, runner
 
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(runner, "run", lambda target, settings, **options: calls.append((target, settings, options)))
+
+    def record(target: Any, settings: Any, **options: Any) -> bool:
+        calls.append((target, settings, options))
+        return clean
+
+    monkeypatch.setattr(runner, "run", record)
     result = CliRunner().invoke(cli.app, list(args))
     return result.exit_code, calls
 
@@ -598,6 +604,12 @@ def test_serve_with_no_options_forwards_the_default_settings(monkeypatch: pytest
     [(target, settings, options)] = calls
     assert (target, settings, options["reload"]) == (None, Settings(), False)
     assert callable(options["on_ready"])
+
+
+def test_serve_exits_130_when_the_stop_was_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runner.run reporting a forced stop (a second Ctrl-C) makes `synapse serve` exit 130, not 0."""
+    status, calls = invoke(monkeypatch, "serve", clean=False)
+    assert (status, len(calls)) == (130, 1)
 
 
 def test_serve_forwards_every_option_to_runner_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
