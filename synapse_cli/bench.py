@@ -1,15 +1,17 @@
-"""The load generator: schedules calls, records latencies, returns a report.
+"""The load generator: sends calls when a schedule says so, counts them in a tally, returns a report.
 
 The hot path is callback-driven on picows (a Cython WebSocket client): no coroutine or task per call.
 Requests are pre-encoded around their id; replies are parsed with orjson and matched by id.
 
-Two models (SPEC §4):
+Two models (SPEC §4), their timing in :mod:`synapse_cli.schedule`:
 
 * closed — ``concurrency`` calls in flight over ``connections``; each reply sends the next call;
-* open (``rate``) — call *i* is scheduled at ``t0 + i / rate``; with a free slot (at most
-  ``concurrency`` in flight) it goes out at once, otherwise it waits and goes out as soon as one
+* open (``rate``, or a load shape of stages) — call *i* is due at a fixed time; with a free slot (at
+  most ``concurrency`` in flight) it goes out at once, otherwise it waits and goes out as soon as one
   frees (a *late send*). Latency is recorded from the scheduled time (response time, corrected for
   coordinated omission as wrk2 does) and from the actual send (service time).
+
+Every measured call lands in one :class:`~synapse_cli.tally.Tally` (totals, seconds, functions).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import random
 import socket
 import ssl
 import subprocess
@@ -34,10 +37,23 @@ from picows import WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_conn
 
 from synapse_cli import __version__, stats
 from synapse_cli.errors import ConnectError
+from synapse_cli.report import BenchReport, CallCounts, Generator, RateResult, Traffic, Window
+from synapse_cli.schedule import ClosedSchedule, LoadShape, OpenSchedule
+from synapse_cli.tally import Tally
 
-__all__ = ["BenchConfig", "Progress", "embedded_server", "run_bench", "run_bench_procs"]
+__all__ = ["BenchConfig", "Call", "Progress", "embedded_server", "run_bench", "run_bench_procs", "share", "sharded"]
 
 _NS = 1_000_000_000
+_MIX_LENGTH = 10_000  # weighted draws are made once, in this many, then cycled
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a ``--data`` mix: a function, its arguments and how often it is drawn."""
+
+    func: str
+    args: Any
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,29 +69,54 @@ class BenchConfig:
     connections: int | None = None
     warmup: float = 1.0
     rate: float | None = None
+    shape: LoadShape | None = None  # stages of the open model (``rate`` is then None)
     timeout: float = 10.0
     token: str | None = None
     dialect: str = "native"
     cafile: str | None = None
     insecure: bool = False
     procs: int = 1
+    mix: tuple[Call, ...] = ()  # --data: several calls instead of func(args)
+    data: str | None = None  # where the mix came from (shown in the report)
+    shard: tuple[int, int] | None = None  # (index from 0, count)
+    start_at: float | None = None  # Unix time at which measuring starts
 
     @property
     def connection_count(self) -> int:
         return max(1, min(self.connections or min(self.concurrency, 8), self.concurrency))
 
+    @property
+    def load_shape(self) -> LoadShape | None:
+        """The open model's rate over time; None in the closed model."""
+        return self.shape or (LoadShape.constant(self.rate) if self.rate else None)
+
+    @property
+    def calls_mixed(self) -> tuple[Call, ...]:
+        return self.mix or (Call(self.func, self.args),)
+
     def describe(self) -> dict[str, Any]:
         """The config as the report shows it (no token)."""
         shown = asdict(self)
-        shown.pop("token")
+        for key in ("token", "mix", "shape", "shard", "start_at"):
+            shown.pop(key)
         shown["connections"] = self.connection_count
-        shown["model"] = "open" if self.rate else "closed"
+        shown["model"] = "open" if self.load_shape else "closed"
+        if self.shape is not None:
+            shown["stages"] = str(self.shape)
+        if self.mix:
+            shown["func"] = None
+            shown["args"] = None
+            shown["functions"] = sorted({call.func for call in self.mix})
+        if self.shard is not None:
+            shown["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+        if self.start_at is not None:
+            shown["start_at"] = self.start_at
         return shown
 
 
 @dataclass(slots=True)
 class Progress:
-    """A snapshot for the live progress bar."""
+    """A snapshot for the live progress bar and sparklines."""
 
     done: int
     total: int | None
@@ -85,6 +126,8 @@ class Progress:
     in_flight: int
     errors: int
     warming_up: bool
+    recent: list[tuple[float, float | None]] = field(default_factory=list)  # (calls/s, p99 ms) per second
+    source: int = 0  # which process (--procs)
 
 
 class _Listener(WSListener):
@@ -95,7 +138,8 @@ class _Listener(WSListener):
         self.run = run
         self.window = window
         self.transport: Any = None
-        self.in_flight: dict[int, tuple[int, int, bool]] = {}  # id -> (scheduled ns, sent ns, warm-up)
+        # id -> (scheduled ns, sent ns, warm-up, index of the call in the mix)
+        self.in_flight: dict[int, tuple[int, int, bool, int]] = {}
         self.next_id = 0
         self.timed_out: set[int] = set()
         self.closed = False
@@ -125,7 +169,7 @@ class _Listener(WSListener):
         """The hot path of the closed model while measuring: one ok reply in, the next call out.
 
         Everything else (errors, warm-up, batches, strays, the rate model) takes the general path;
-        this one only inlines what that path would do for the common case, with the same counts.
+        this one only skips what that path would check for the common case, with the same counts.
         """
         now = time.perf_counter_ns()
         reply = orjson.loads(payload)
@@ -137,155 +181,163 @@ class _Listener(WSListener):
             return False
         del self.in_flight[request_id]  # type: ignore[arg-type]  # an int: checked above
         run.bytes_received += len(payload)
-        run.ok += 1
         run.in_flight_total -= 1
         run.last_reply = now
-        counts = run.latency.counts
-        value = (now - entry[0]) // 1000
-        counts[value] = counts.get(value, 0) + 1
-        if (run.started < run.calls_limit) if run.measure_end is None else (now < run.measure_end):
-            run.started += 1
+        run.tally.record(now, (now - entry[0]) // 1000, True, entry[3])
+        if run.closed_schedule.admit(now):
             run.in_flight_total += 1
             self.send(0, False)
         else:
-            run._check_finished()
+            run.check_finished()
         return True
 
     def send(self, scheduled: int, warm: bool) -> None:
+        run = self.run
         self.next_id += 1
         request_id = self.next_id
-        data = self.run.template % request_id
+        if run.mix_order is None:
+            call, data = 0, run.templates[0] % request_id
+        else:
+            call = run.mix_order[run.mix_position % len(run.mix_order)]
+            run.mix_position += 1
+            data = run.templates[call] % request_id
         now = time.perf_counter_ns()
-        self.in_flight[request_id] = (scheduled or now, now, warm)
+        self.in_flight[request_id] = (scheduled or now, now, warm, call)
         self.transport.send(_TEXT, data)
-        self.run.bytes_sent += len(data)
+        if not warm:
+            run.bytes_sent += len(data)
 
 
 _TEXT = WSMsgType.TEXT
 _CLOSE = WSMsgType.CLOSE
 
 
-def _request_parts(config: BenchConfig) -> tuple[bytes, bytes]:
-    """Everything of a request but its id: the hot path only glues the id in between."""
-    args = orjson.dumps(config.args)
-    func = orjson.dumps(config.func)
-    if config.dialect == "jsonrpc":
-        return b'{"jsonrpc":"2.0","method":' + func + b',"params":' + args + b',"id":', b"}"
-    return b'{"func":' + func + b',"args":' + args + b',"id":', b"}"
+def _template(call: Call, dialect: str) -> bytes:
+    """Everything of a request but its id (a ``%d`` the hot path fills in)."""
+    args = orjson.dumps(call.args)
+    func = orjson.dumps(call.func)
+    if dialect == "jsonrpc":
+        prefix, suffix = b'{"jsonrpc":"2.0","method":' + func + b',"params":' + args + b',"id":', b"}"
+    else:
+        prefix, suffix = b'{"func":' + func + b',"args":' + args + b',"id":', b"}"
+    return prefix.replace(b"%", b"%%") + b"%d" + suffix.replace(b"%", b"%%")
+
+
+def _mix_order(calls: tuple[Call, ...]) -> list[int] | None:
+    """The order calls of a mix go out: in turn, or drawn by weight (the same draws every run)."""
+    if len(calls) == 1:
+        return None
+    weights = [call.weight for call in calls]
+    if len(set(weights)) == 1:
+        return list(range(len(calls)))
+    return random.Random(13).choices(range(len(calls)), weights=weights, k=_MIX_LENGTH)
 
 
 class _Run:
-    """One process's benchmark: state, counters and the scheduling of calls."""
+    """One process's benchmark: the connections, the schedule, the tally, and what ties them together."""
 
-    def __init__(self, config: BenchConfig, progress: Callable[[Progress], None] | None) -> None:
+    def __init__(self, config: BenchConfig, progress: Callable[[Progress], None] | None, t0: int) -> None:
         self.config = config
         self.progress = progress
-        prefix, suffix = _request_parts(config)
-        self.template = prefix.replace(b"%", b"%%") + b"%d" + suffix.replace(b"%", b"%%")
-        self.calls_limit = config.calls or 0
-        self.steady = False  # closed model, measuring: replies take _Listener._steady_reply
+        calls = config.calls_mixed
+        self.templates = [_template(call, config.dialect) for call in calls]
+        self.mix_order = _mix_order(calls)
+        self.mix_position = 0
+        function_names = list(dict.fromkeys(call.func for call in calls))
+        self.function_of = [function_names.index(call.func) for call in calls]
         self.loop = asyncio.get_running_loop()
         self.listeners: list[_Listener] = []
         self.done = self.loop.create_future()
         highest_us = int((config.timeout + (config.duration or 0) + 60) * 1_000_000)
-        self.latency = stats.Recorder(highest_us)
-        self.service = stats.Recorder(highest_us)
+        shape = config.load_shape
+        if shape is not None:
+            self.open_schedule: OpenSchedule | None = OpenSchedule(t0, config.warmup, shape, config.calls,
+                                                                   config.duration)  # fmt: skip
+            self.closed_schedule = ClosedSchedule(t0, config.warmup, 0, None)
+        else:
+            self.open_schedule = None
+            self.closed_schedule = ClosedSchedule(t0, config.warmup, config.calls, config.duration)
+        target = self.open_schedule.target if self.open_schedule is not None else None
+        self.tally = Tally(highest_us=highest_us, functions=function_names, target=target)
         self.lag = stats.Recorder(highest_us)
         self.schedule_lag = stats.Recorder(highest_us)
-        self.errors: dict[tuple[str, Any], list[Any]] = {}  # (kind, code) -> [count, first message]
-        self.ok = self.failed = self.warm_done = self.started = 0
+        self.warm_done = 0
         self.bytes_sent = self.bytes_received = 0
-        self.unmatched = self.duplicates = self.late_replies = self.late_sends = 0
-        self.warming = config.warmup > 0
-        self.measure_start = 0
-        self.measure_end: int | None = None  # a deadline in duration mode
+        self.unmatched = self.duplicates = self.late_replies = self.late_sends = self.not_sent = 0
+        self.sent = 0  # open model: measured calls that went out
         self.last_reply = 0
-        self.backlog: deque[int] = deque()  # rate mode: scheduled times waiting for a slot
+        self.backlog: deque[int] = deque()  # open model: scheduled times of calls waiting for a slot
         self.in_flight_total = 0
-        self.scheduled_count = 0
         self.stopped = False
-        self.t0 = self.warmup_end = 0  # set when the connections are up
+        self.steady = False  # closed model, measuring: replies take _Listener._steady_reply
+        self.measuring = False
         self.cpu_start = self.cpu_stop = 0.0
         self.measure_stop = 0
+        self.wall_offset = time.time_ns() - time.perf_counter_ns()
 
-    # -- deciding what to send -------------------------------------------------------------------
+    @property
+    def schedule(self) -> ClosedSchedule | OpenSchedule:
+        return self.open_schedule or self.closed_schedule
 
-    def _begin_measuring(self, now: int) -> None:
-        self.warming = False
-        self.steady = self.config.rate is None
-        self.measure_start = now
+    def _notice_measuring(self) -> None:
+        """The schedule left its warm-up: the tally starts its first second, the CPU clock starts."""
+        if self.measuring or self.schedule.warming:
+            return
+        self.measuring = True
+        self.steady = self.open_schedule is None
+        self.tally.begin(self.schedule.measure_start)
         self.cpu_start = time.process_time()
-        if self.config.duration is not None:
-            self.measure_end = now + int(self.config.duration * _NS)
 
-    def _may_start(self, now: int) -> bool:
-        """Whether one more call may start now (the warm-up turns into measuring on the way)."""
-        if self.stopped:
-            return False
-        if self.warming:
-            if now < self.warmup_end:
-                return True
-            self._begin_measuring(now)
-        if self.measure_end is not None:
-            return now < self.measure_end
-        return self.started < (self.config.calls or 0)
-
-    def _start_call(self, listener: _Listener) -> None:
-        warm = self.warming
-        if not warm:
-            self.started += 1
-        self.in_flight_total += 1
-        listener.send(0, warm)
+    # -- the closed model ------------------------------------------------------------------------
 
     def fill(self, listener: _Listener) -> None:
-        """Closed model: keep the connection's window full."""
-        while len(listener.in_flight) < listener.window and not listener.closed:
-            now = time.perf_counter_ns()
-            if not self._may_start(now):
+        """Keep the connection's window full."""
+        schedule = self.closed_schedule
+        while len(listener.in_flight) < listener.window and not listener.closed and not self.stopped:
+            admitted = schedule.admit(time.perf_counter_ns())
+            self._notice_measuring()
+            if admitted is None:
                 break
-            self._start_call(listener)
-        self._check_finished()
+            self.in_flight_total += 1
+            listener.send(0, not admitted)
+        self.check_finished()
 
     # -- replies ---------------------------------------------------------------------------------
 
     def on_reply(self, listener: _Listener, payload: bytes) -> None:
         now = time.perf_counter_ns()
-        self.bytes_received += len(payload)
         try:
             reply = orjson.loads(payload)
             items = reply if type(reply) is list else [reply]
         except orjson.JSONDecodeError:
-            self._error("protocol", None, "reply is not JSON")
+            self.tally.note_error("protocol", None, "reply is not JSON")
             return
+        size = len(payload) // max(len(items), 1)
         for item in items:
-            self._on_item(listener, item, now)
+            self._on_item(listener, item, now, size)
 
-    def _on_item(self, listener: _Listener, item: Any, now: int) -> None:
+    def _on_item(self, listener: _Listener, item: Any, now: int, size: int) -> None:
         request_id = item.get("id") if type(item) is dict else None
         entry = listener.in_flight.pop(request_id, None) if type(request_id) is int else None
         if entry is None:
             self._stray(listener, request_id)
             return
         self.in_flight_total -= 1
-        scheduled, sent, warm = entry
+        scheduled, sent, warm, call = entry
         error = item.get("error")
         if warm:
             self.warm_done += 1
         else:
+            self.bytes_received += size
             self.last_reply = now
-            counts = self.latency.counts
-            value = (now - scheduled) // 1000
-            counts[value] = counts.get(value, 0) + 1
-            if self.config.rate:
-                self.service.record((now - sent) // 1000)
-            if error is None:
-                self.ok += 1
-            else:
-                self.failed += 1
+            self.tally.record(now, (now - scheduled) // 1000, error is None, self.function_of[call])
+            if self.open_schedule is not None:
+                self.tally.service.record((now - sent) // 1000)
+            if error is not None:
                 code = error.get("code") if type(error) is dict else None
                 message = error.get("message") if type(error) is dict else str(error)
-                self._error("rpc", code, str(message))
-        self._next(listener, now)
+                self.tally.note_error("rpc", code, str(message))
+        self._next(listener)
 
     def _stray(self, listener: _Listener, request_id: Any) -> None:
         if type(request_id) is int and request_id in listener.timed_out:
@@ -296,79 +348,66 @@ class _Run:
         else:
             self.unmatched += 1
 
-    def _next(self, listener: _Listener, now: int) -> None:
-        if self.config.rate:
-            if self.backlog and not listener.closed:
-                scheduled = self.backlog.popleft()  # already counted in `started` when scheduled
-                self.late_sends += 1
-                self.in_flight_total += 1
-                listener.send(scheduled, False)
-            self._check_finished()
-        else:
+    def _next(self, listener: _Listener) -> None:
+        if self.open_schedule is None:
             self.fill(listener)
-
-    def _error(self, kind: str, code: Any, message: str, count: int = 1) -> None:
-        entry = self.errors.get((kind, code))
-        if entry is None:
-            self.errors[(kind, code)] = [count, message]
-        else:
-            entry[0] += count
+            return
+        if self.backlog and not listener.closed and not self.stopped:
+            scheduled = self.backlog.popleft()
+            self.late_sends += 1
+            self.sent += 1
+            self.in_flight_total += 1
+            listener.send(scheduled, False)
+        self.check_finished()
 
     def on_disconnect(self, listener: _Listener) -> None:
         lost = [entry for entry in listener.in_flight.values() if not entry[2]]
         self.in_flight_total -= len(listener.in_flight)
         listener.in_flight.clear()
         if lost and not self.stopped:
-            self.failed += len(lost)
+            now = time.perf_counter_ns()
+            for entry in lost:
+                self.tally.lose(now, 1, self.function_of[entry[3]])
             code = listener.close_code
-            self._error(
-                "close", code, f"connection closed ({code if code is not None else 'no close frame'})", len(lost)
-            )
+            reason = f"connection closed ({code if code is not None else 'no close frame'})"
+            self.tally.note_error("close", code, reason, len(lost))
         if all(other.closed for other in self.listeners):
             self._finish()
         else:
-            self._check_finished()
+            self.check_finished()
 
-    # -- open model ------------------------------------------------------------------------------
+    # -- the open model --------------------------------------------------------------------------
 
     def schedule_tick(self) -> None:
-        """Rate mode: start every call whose time has come (or queue it when no slot is free)."""
-        if self.stopped:
+        """Start every call whose time has come (or queue it when no slot is free)."""
+        schedule = self.open_schedule
+        if self.stopped or schedule is None:
             return
         now = time.perf_counter_ns()
-        interval = _NS / (self.config.rate or 1)
         limit = self.config.concurrency
         live = [listener for listener in self.listeners if not listener.closed]
-        while live:
-            scheduled = self.t0 + int(self.scheduled_count * interval)
-            if scheduled > now:
-                break
-            if self.warming and scheduled >= self.warmup_end:
-                self._begin_measuring(scheduled)
-            if not self.warming and not self._wants_more(scheduled):
-                break
-            self.scheduled_count += 1
-            if not self.warming:
-                self.started += 1
-            if self.in_flight_total < limit:
-                self.schedule_lag.record((now - scheduled) // 1000)
-                listener = live[self.scheduled_count % len(live)]
-                self.in_flight_total += 1
-                listener.send(scheduled, self.warming)
-            elif not self.warming:
-                self.backlog.append(scheduled)
+        if live:
+            for scheduled, warm in schedule.due(now):
+                self._notice_measuring()
+                if self.in_flight_total < limit:
+                    self.schedule_lag.record((now - scheduled) // 1000)
+                    self.in_flight_total += 1
+                    self.sent += not warm
+                    live[(schedule.index + schedule.warm_index) % len(live)].send(scheduled, warm)
+                elif not warm:
+                    self.backlog.append(scheduled)
+        self._notice_measuring()
         self._expire_backlog(now)
-        self._check_finished()
+        if schedule.measure_end is not None and now >= schedule.measure_end and self.backlog:
+            self.not_sent += len(self.backlog)  # the run ends at -z: what could not go out by then is counted
+            self.backlog.clear()
+        self.check_finished()
         if not self.done.done():
             # The loop's timers have millisecond resolution: wake at the next due call, at most 1 ms
             # ahead; the schedule lag this leaves is measured and shown as generator health.
-            delay = (self.t0 + int(self.scheduled_count * interval) - time.perf_counter_ns()) / _NS
+            due = schedule.next_due()
+            delay = 0.1 if due is None else (due - time.perf_counter_ns()) / _NS
             self.loop.call_later(min(max(delay, 0.001), 0.1), self.schedule_tick)
-
-    def _wants_more(self, scheduled: int) -> bool:
-        if self.measure_end is not None:
-            return scheduled < self.measure_end
-        return self.started < (self.config.calls or 0)
 
     def _expire_backlog(self, now: int) -> None:
         limit = int(self.config.timeout * _NS)
@@ -377,31 +416,33 @@ class _Run:
             self.backlog.popleft()
             expired += 1
         if expired:
-            self.failed += expired
-            self._error("timeout", None, f"not sent within {self.config.timeout:g} s (no free slot)", expired)
+            self.tally.lose(now, expired)
+            self.tally.note_error("timeout", None, f"not sent within {self.config.timeout:g} s (no free slot)", expired)
 
     # -- time-outs, progress, the end --------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Every 100 ms: time out calls past ``timeout``, report progress, move the warm-up along."""
+        """Every 100 ms: time out calls past ``timeout``, close idle seconds, report progress."""
         if self.done.done():
             return
         now = time.perf_counter_ns()
         limit = int(self.config.timeout * _NS)
         for listener in self.listeners:
-            expired = [rid for rid, (_, sent, _) in listener.in_flight.items() if now - sent > limit]
+            expired = [rid for rid, entry in listener.in_flight.items() if now - entry[1] > limit]
             for request_id in expired:
-                _, _, warm = listener.in_flight.pop(request_id)
+                _, _, warm, call = listener.in_flight.pop(request_id)
                 self.in_flight_total -= 1
                 listener.timed_out.add(request_id)
                 if not warm:
-                    self.failed += 1
-                    self._error("timeout", None, f"no reply within {self.config.timeout:g} s")
+                    self.tally.lose(now, 1, self.function_of[call])
+                    self.tally.note_error("timeout", None, f"no reply within {self.config.timeout:g} s")
             if expired:
-                self._next(listener, now)
-        if not self.config.rate:
+                self._next(listener)
+        if self.open_schedule is None:
             for listener in self.listeners:
                 self.fill(listener)  # also starts measuring when the warm-up ended without replies
+        if self.measuring:
+            self.tally.tick(now)
         self._report_progress(now)
         self.loop.call_later(0.1, self.sweep)
 
@@ -416,26 +457,29 @@ class _Run:
     def _report_progress(self, now: int) -> None:
         if self.progress is None:
             return
-        elapsed = (now - self.measure_start) / _NS if not self.warming else 0.0
-        done = self.ok + self.failed
+        schedule = self.schedule
+        elapsed = (now - schedule.measure_start) / _NS if self.measuring else 0.0
+        done = self.tally.ok + self.tally.failed
+        planned = schedule.duration
+        recent = [(i.calls_per_s, i.latency_ms["p99"]) for i in self.tally.intervals[-60:]]
         self.progress(
             Progress(
-                done=done,
-                total=self.config.calls if self.config.duration is None else None,
-                elapsed=elapsed,
-                planned=self.config.duration,
-                calls_per_s=done / elapsed if elapsed > 0 else 0.0,
-                in_flight=self.in_flight_total,
-                errors=self.failed,
-                warming_up=self.warming,
+                done=done, total=self.config.calls if planned is None else None, elapsed=elapsed, planned=planned,
+                calls_per_s=done / elapsed if elapsed > 0 else 0.0, in_flight=self.in_flight_total,
+                errors=self.tally.failed, warming_up=not self.measuring, recent=recent,
             )
-        )
+        )  # fmt: skip
 
-    def _check_finished(self) -> None:
-        if self.done.done() or self.warming:
+    def _wants_more(self, now: int) -> bool:
+        if self.open_schedule is not None:
+            return self.open_schedule.next_due() is not None
+        schedule = self.closed_schedule
+        return schedule.warming or schedule.wants_more(now)
+
+    def check_finished(self) -> None:
+        if self.done.done() or not self.measuring:
             return
-        more = self._wants_more(time.perf_counter_ns()) if self.config.rate else self._may_start(time.perf_counter_ns())
-        if not more and self.in_flight_total <= 0 and not self.backlog:
+        if not self._wants_more(time.perf_counter_ns()) and self.in_flight_total <= 0 and not self.backlog:
             self._finish()
 
     def _finish(self) -> None:
@@ -496,22 +540,25 @@ async def _connect(run: _Run, config: BenchConfig) -> None:
         raise failures[0]
 
 
-async def _measure(
-    config: BenchConfig, progress: Callable[[Progress], None] | None, start_at: float | None
-) -> dict[str, Any]:
-    run = _Run(config, progress)
+async def _wait_until(wall_time: float) -> None:
+    """Sleep until a Unix time (several processes or machines start together)."""
+    await asyncio.sleep(max(0.0, wall_time - time.time()))
+
+
+async def _measure(config: BenchConfig, progress: Callable[[Progress], None] | None) -> BenchReport:
+    if config.start_at is not None:  # measuring starts at start_at: the warm-up ends there
+        warmup = min(config.warmup, max(0.0, config.start_at - time.time()))
+        config = replace(config, warmup=warmup)
+    run = _Run(config, progress, time.perf_counter_ns())  # t0 is set again below, once connected
     await _connect(run, config)
-    if start_at is not None:  # several processes start together
-        await asyncio.sleep(max(0.0, start_at - time.time()))
-    now = time.perf_counter_ns()
-    run.t0 = now
-    run.warmup_end = now + int(config.warmup * _NS)
-    run.cpu_start = time.process_time()
-    if not run.warming:
-        run._begin_measuring(now)
+    if config.start_at is not None:
+        await _wait_until(config.start_at - config.warmup)
+    run = _restart(run, config, progress)
     run.loop.call_later(0.01, run.probe_lag, run.loop.time() + 0.01)
     run.loop.call_later(0.1, run.sweep)
-    if config.rate:
+    run.cpu_start = time.process_time()
+    run._notice_measuring()
+    if run.open_schedule is not None:
         run.schedule_tick()
     else:
         for listener in run.listeners:
@@ -524,56 +571,59 @@ async def _measure(
     return _report(run)
 
 
-def _report(run: _Run) -> dict[str, Any]:
-    config = run.config
-    end = run.last_reply if config.rate is None and run.last_reply else run.measure_stop
-    duration = max((end - run.measure_start) / _NS, 1e-9) if run.measure_start else 0.0
+def _restart(connected: _Run, config: BenchConfig, progress: Callable[[Progress], None] | None) -> _Run:
+    """A fresh run whose clock starts now, on the connections ``connected`` opened."""
+    run = _Run(config, progress, time.perf_counter_ns())
+    run.listeners = connected.listeners
+    run.done = connected.done
+    for listener in run.listeners:
+        listener.run = run
+    return run
+
+
+def _report(run: _Run) -> BenchReport:
+    config, tally, schedule = run.config, run.tally, run.schedule
+    end = run.measure_stop
+    if run.open_schedule is None and run.last_reply and config.duration is None:
+        end = run.last_reply  # -n: the last reply, not the moment the connections were closed
+    elif schedule.measure_end is not None:
+        end = min(end, max(schedule.measure_end, run.last_reply))
+    start = schedule.measure_start
+    tally.finish(end)
+    duration = max((end - start) / _NS, 1e-9) if run.measuring else 0.0
     cpu = (run.cpu_stop - run.cpu_start) / duration * 100 if duration else 0.0
-    latency = run.latency.flush()
-    measured = run.ok + run.failed
     lag = run.lag.flush()
     lag_ms = lag.get_value_at_percentile(99) / 1000 if lag.get_total_count() else 0.0
-    summary = stats.summarize(latency)
+    summary = stats.summarize(tally.total)
     p50 = summary["p50"] or summary["mean"] or 0.0
-    report: dict[str, Any] = {
-        "schema_version": stats.SCHEMA_VERSION,
-        "config": {**config.describe(), "sources": 1},
-        "versions": {"synapse": __version__, "python": platform.python_version()},
-        "calls": {"measured": measured, "ok": run.ok, "errors": run.failed, "warmup": run.warm_done},
-        "duration_s": round(duration, 4),
-        "calls_per_s": round(measured / duration, 2) if duration else 0.0,
-        "latency_ms": summary,
-        "errors": [
-            {"kind": kind, "code": code, "count": count, "first_message": message}
-            for (kind, code), (count, message) in sorted(run.errors.items(), key=lambda item: -item[1][0])
-        ],
-        "traffic": {
-            "bytes_sent": run.bytes_sent,
-            "bytes_received": run.bytes_received,
-            "unmatched": run.unmatched,
-            "duplicates": run.duplicates,
-            "late_replies": run.late_replies,
-        },
-        "generator": {
-            "cpu_pct": round(cpu, 1),
-            "loop_lag_ms": round(lag_ms, 3),
-            "bound": cpu > 90 or lag_ms > max(1.0, p50),
-        },
-        "histogram": stats.encode_histogram(latency),
-    }
-    if config.rate:
-        service = run.service.flush()
-        schedule = run.schedule_lag.flush()
-        report["rate"] = {
-            "target": config.rate,
-            "achieved": round(run.started / duration, 2) if duration else 0.0,
-            "late_sends": run.late_sends,
-        }
-        report["service_latency_ms"] = stats.summarize(service)
-        report["service_histogram"] = stats.encode_histogram(service)
-        report["generator"]["schedule_lag_ms"] = (
-            round(schedule.get_value_at_percentile(99) / 1000, 3) if schedule.get_total_count() else 0.0
-        )
+    measured = tally.ok + tally.failed
+    report = BenchReport(
+        config={**config.describe(), "sources": 1},
+        versions={"synapse": __version__, "python": platform.python_version()},
+        calls=CallCounts(measured, tally.ok, tally.failed, run.warm_done),
+        duration_s=round(duration, 4),
+        calls_per_s=round(measured / duration, 2) if duration else 0.0,
+        latency_ms=summary,
+        histogram=stats.encode_histogram(tally.total),
+        errors=tally.error_counts(),
+        traffic=Traffic(run.bytes_sent, run.bytes_received, run.unmatched, run.duplicates, run.late_replies),
+        generator=Generator(round(cpu, 1), round(lag_ms, 3), cpu > 90 or lag_ms > max(1.0, p50)),
+        window=Window(round((start + run.wall_offset) / _NS, 6), round((end + run.wall_offset) / _NS, 6)),
+        timeseries=tally.intervals,
+        functions=tally.function_stats(),
+    )
+    if run.open_schedule is not None:
+        service = tally.service.flush()
+        schedule_lag = run.schedule_lag.flush()
+        target = run.open_schedule.target(0.0, duration) if duration else 0.0
+        report.rate = RateResult(
+            target=round(target, 2), achieved=round(run.sent / duration, 2) if duration else 0.0,
+            late_sends=run.late_sends, not_sent=run.not_sent,
+        )  # fmt: skip
+        report.service_latency_ms = stats.summarize(service)
+        report.service_histogram = stats.encode_histogram(service)
+        p99 = schedule_lag.get_value_at_percentile(99) / 1000 if schedule_lag.get_total_count() else 0.0
+        report.generator.schedule_lag_ms = round(p99, 3)
     return report
 
 
@@ -586,54 +636,106 @@ def _event_loop_runner() -> Callable[[Any], Any]:
         return asyncio.run
 
 
-def run_bench(
-    config: BenchConfig, *, progress: Callable[[Progress], None] | None = None, start_at: float | None = None
-) -> dict[str, Any]:
-    """Run one benchmark in this process (its own event loop) and return the JSON report.
+def sharded(config: BenchConfig) -> BenchConfig:
+    """The config of this shard (``--shard I/N``): its part of the load, for its own processes."""
+    if config.shard is None:
+        return config
+    return replace(share(config, *config.shard), procs=config.procs)
+
+
+def run_bench(config: BenchConfig, *, progress: Callable[[Progress], None] | None = None) -> BenchReport:
+    """Run one benchmark in this process (its own event loop) and return its report.
 
     Raises:
         ConnectError: a connection could not be opened.
     """
-    return _event_loop_runner()(_measure(config, progress, start_at))  # type: ignore[no-any-return]
+    return _event_loop_runner()(_measure(config, progress))  # type: ignore[no-any-return]
 
 
-def _share(config: BenchConfig, index: int, procs: int) -> BenchConfig:
+def share(config: BenchConfig, index: int, count: int) -> BenchConfig:
+    """Part ``index`` (from 0) of ``count`` of the load: its calls, concurrency, connections and rate (one process)."""
+
     def part(total: int) -> int:
-        return total // procs + (1 if index < total % procs else 0)
+        return total // count + (1 if index < total % count else 0)
 
     return replace(
         config,
         calls=part(config.calls) if config.calls is not None and config.duration is None else config.calls,
         concurrency=max(1, part(config.concurrency)),
         connections=max(1, part(config.connection_count)),
-        rate=config.rate / procs if config.rate else None,
+        rate=config.rate / count if config.rate else None,
+        shape=config.shape.scaled(1 / count) if config.shape else None,
         procs=1,
     )
 
 
-def _worker(config: BenchConfig, start_at: float) -> dict[str, Any] | str:
+def _worker(config: BenchConfig, queue: Any) -> dict[str, Any] | str:
+    def progress(snapshot: Progress) -> None:
+        queue.put_nowait(replace(snapshot, source=os.getpid()))
+
     try:
-        return run_bench(config, start_at=start_at)
+        return run_bench(config, progress=progress if queue is not None else None).to_json()
     except ConnectError as exc:
         return f"connect: {exc}"
 
 
-def run_bench_procs(config: BenchConfig) -> dict[str, Any]:
+def run_bench_procs(config: BenchConfig, *, progress: Callable[[Progress], None] | None = None) -> BenchReport:
     """Spread the load over ``config.procs`` processes started together; merge their histograms exactly."""
     import multiprocessing
+    import threading
     from concurrent.futures import ProcessPoolExecutor
+
+    from synapse_cli.report import merge_reports
 
     procs = config.procs
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(procs, mp_context=context) as pool:
-        start_at = time.time() + 1.5 + 0.2 * procs  # time for the workers to start and connect
-        results = list(pool.map(_worker, [_share(config, i, procs) for i in range(procs)], [start_at] * procs))
+    manager = context.Manager() if progress is not None else None
+    queue = manager.Queue() if manager is not None else None
+    start_at = config.start_at or time.time() + 1.5 + 0.2 * procs + config.warmup  # time to start and connect
+    parts = [replace(share(config, i, procs), start_at=start_at) for i in range(procs)]
+    stop = threading.Event()
+    relay = threading.Thread(target=_relay_progress, args=(queue, procs, progress, stop), daemon=True)
+    if queue is not None:
+        relay.start()
+    try:
+        with ProcessPoolExecutor(procs, mp_context=context) as pool:
+            results = list(pool.map(_worker, parts, [queue] * procs))
+    finally:
+        stop.set()
+        if queue is not None:
+            relay.join(1)
+        if manager is not None:
+            manager.shutdown()
     failures = [r for r in results if isinstance(r, str)]
     if failures:
         raise ConnectError(failures[0].removeprefix("connect: "), url=config.url)
-    merged = stats.merge_reports([r for r in results if isinstance(r, dict)])
-    merged["config"] = {**config.describe(), "sources": 1}
+    merged, _ = merge_reports([BenchReport.from_json(r) for r in results if isinstance(r, dict)])
+    merged.config = {**config.describe(), "sources": 1}
     return merged
+
+
+def _relay_progress(queue: Any, procs: int, progress: Callable[[Progress], None], stop: Any) -> None:
+    """Sum the workers' progress snapshots into one (a thread of the parent process)."""
+    import queue as queues
+
+    latest: dict[int, Progress] = {}
+    while not stop.is_set():
+        try:
+            snapshot = queue.get(timeout=0.1)
+        except (queues.Empty, OSError, EOFError):
+            continue
+        latest[snapshot.source] = snapshot
+        progress(_summed(list(latest.values())))
+
+
+def _summed(snapshots: list[Progress]) -> Progress:
+    first = snapshots[0]
+    return Progress(
+        done=sum(s.done for s in snapshots), total=first.total, elapsed=max(s.elapsed for s in snapshots),
+        planned=first.planned, calls_per_s=sum(s.calls_per_s for s in snapshots),
+        in_flight=sum(s.in_flight for s in snapshots), errors=sum(s.errors for s in snapshots),
+        warming_up=all(s.warming_up for s in snapshots), recent=first.recent,
+    )  # fmt: skip
 
 
 # -- the embedded server ---------------------------------------------------------------------------

@@ -12,25 +12,33 @@ import io
 import re
 import sys
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from synapse_cli.capacity import Capacity, ProbeResult
+    from synapse_cli.report import BenchReport
 
 __all__ = [
     "BenchProgress",
     "banner",
     "banner_entry",
     "bench_report",
+    "capacity_table",
     "comparison_table",
     "console",
     "error_line",
     "functions_table",
     "json_line",
+    "over_time_chart",
     "plain",
     "pretty_value",
+    "probe_line",
     "rpc_error_text",
     "serve_banner",
     "signature",
+    "sparkline",
     "tolerant_streams",
     "type_of",
     "write_banner",
@@ -250,6 +258,7 @@ def write_banner(settings: Any, functions: list[dict[str, Any]], *, version: str
 # -- bench -----------------------------------------------------------------------------------------
 
 _LATENCY_ROWS = ("min", "mean", "stdev", "p50", "p90", "p99", "p99.9", "max")
+_BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
 def _ms(value: float | None) -> str:
@@ -269,66 +278,79 @@ def _kv_table(title: str, rows: list[tuple[str, str]]) -> Any:
     return table
 
 
-def _run_table(report: dict[str, Any]) -> Any:
-    config = report["config"]
-    target = f"{config['func']}({', '.join(orjson.dumps(a).decode() for a in config['args'])})"
-    if isinstance(config["args"], dict):
-        target = f"{config['func']}({orjson.dumps(config['args']).decode()})"
-    model = f"open, {config['rate']:g} calls/s" if config.get("rate") else "closed"
+def _call_text(config: dict[str, Any]) -> str:
+    if config.get("functions"):
+        return f"{len(config['functions'])} functions from {config.get('data')}: {', '.join(config['functions'])}"
+    args = config.get("args")
+    if isinstance(args, dict):
+        return f"{config['func']}({orjson.dumps(args).decode()})"
+    return f"{config['func']}({', '.join(orjson.dumps(a).decode() for a in args or [])})"
+
+
+def _run_table(report: BenchReport) -> Any:
+    config = report.config
+    if config.get("stages"):
+        model = f"open, stages {config['stages']} calls/s"
+    else:
+        model = f"open, {config['rate']:g} calls/s" if config.get("rate") else "closed"
+    call = _call_text(config) + (" (JSON-RPC)" if config.get("dialect") == "jsonrpc" else "")
     rows = [
         ("url", str(config["url"])),
-        ("call", target + (" (JSON-RPC)" if config.get("dialect") == "jsonrpc" else "")),
+        ("call", call),
         ("model", model),
         ("concurrency", f"{config['concurrency']} over {config['connections']} connections"),
         ("processes", str(config.get("procs", 1))),
     ]
-    if report.get("versions"):
-        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in report["versions"].items())))
+    if config.get("shard"):
+        rows.append(("shard", str(config["shard"])))
+    if report.versions:
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in report.versions.items())))
     return _kv_table("run", rows)
 
 
-def _summary_table(report: dict[str, Any]) -> Any:
-    calls = report["calls"]
-    traffic = report.get("traffic") or {}
+def _summary_table(report: BenchReport) -> Any:
+    calls = report.calls
     rows = [
-        ("calls", f"{calls['measured']:,}"),
-        ("ok", f"{calls['ok']:,}"),
-        ("errors", f"[red]{calls['errors']:,}[/]" if calls["errors"] else "0"),
-        ("warm-up calls (excluded)", f"{calls['warmup']:,}"),
-        ("duration", f"{report['duration_s']:,.3f} s"),
-        ("calls/s", f"[bold]{report['calls_per_s']:,.0f}[/]"),
+        ("calls", f"{calls.measured:,}"),
+        ("ok", f"{calls.ok:,}"),
+        ("errors", f"[red]{calls.errors:,}[/]" if calls.errors else "0"),
+        ("warm-up calls (excluded)", f"{calls.warmup:,}"),
+        ("duration", f"{report.duration_s:,.3f} s"),
+        ("calls/s", f"[bold]{report.calls_per_s:,.0f}[/]"),
     ]
-    rate = report.get("rate")
+    rate = report.rate
     if rate:
-        share = rate["achieved"] / rate["target"] * 100 if rate["target"] else 0.0
+        share = rate.achieved / rate.target * 100 if rate.target else 0.0
         style = "red" if share < 98 else "green"
-        rows.append(("target rate", f"{rate['target']:,.0f} calls/s"))
-        rows.append(("achieved rate", f"[{style}]{rate['achieved']:,.0f} calls/s ({share:.1f} %)[/]"))
-        rows.append(("late sends (no free slot)", f"{rate['late_sends']:,}"))
+        rows.append(("target rate", f"{rate.target:,.0f} calls/s"))
+        rows.append(("achieved rate", f"[{style}]{rate.achieved:,.0f} calls/s ({share:.1f} %)[/]"))
+        rows.append(("late sends (no free slot)", f"{rate.late_sends:,}"))
+        if rate.not_sent:
+            rows.append(("due but never sent", f"[red]{rate.not_sent:,}[/]"))
+    traffic = report.traffic
     if traffic:
-        rows.append(("sent / received", f"{traffic['bytes_sent']:,} B / {traffic['bytes_received']:,} B"))
-        strays = traffic.get("unmatched", 0) + traffic.get("duplicates", 0) + traffic.get("late_replies", 0)
-        if strays:
+        rows.append(("sent / received", f"{traffic.bytes_sent:,} B / {traffic.bytes_received:,} B"))
+        if traffic.unmatched + traffic.duplicates + traffic.late_replies:
             rows.append(
                 (
                     "unmatched / duplicate / late replies",
-                    "{unmatched} / {duplicates} / {late_replies}".format(**traffic),
+                    f"{traffic.unmatched} / {traffic.duplicates} / {traffic.late_replies}",
                 )
             )
     return _kv_table("summary", rows)
 
 
-def _latency_table(report: dict[str, Any]) -> Any:
+def _latency_table(report: BenchReport) -> Any:
     from rich.table import Table
 
     table = Table(title="latency", title_justify="left")
     table.add_column("")
-    service = report.get("service_latency_ms")
+    service = report.service_latency_ms
     table.add_column("response time" if service else "latency", justify="right")
     if service:
         table.add_column("service time", justify="right")
     for key in _LATENCY_ROWS:
-        row = [key, _ms(report["latency_ms"].get(key))]
+        row = [key, _ms(report.latency_ms.get(key))]
         if service:
             row.append(_ms(service.get(key)))
         table.add_row(*row)
@@ -339,12 +361,12 @@ def _latency_table(report: dict[str, Any]) -> Any:
     return table
 
 
-def _histogram_panel(report: dict[str, Any], width: int = 40) -> Any:
+def _histogram_panel(report: BenchReport, width: int = 40) -> Any:
     from rich.table import Table
 
     from synapse_cli import stats
 
-    buckets = stats.log_buckets(stats.decode_histogram(report["histogram"]))
+    buckets = stats.log_buckets(stats.decode_histogram(report.histogram))
     table = Table(title="latency histogram (log scale)", title_justify="left", box=None, padding=(0, 1))
     table.add_column("latency", justify="right", style="dim")
     table.add_column("")
@@ -356,37 +378,104 @@ def _histogram_panel(report: dict[str, Any], width: int = 40) -> Any:
     return table
 
 
-def _errors_table(report: dict[str, Any]) -> Any:
+def _errors_table(report: BenchReport) -> Any:
     from rich.table import Table
 
     table = Table(title="errors", title_justify="left")
     for column in ("kind", "code", "count", "first message"):
         table.add_column(column, justify="right" if column == "count" else "left")
-    for error in report["errors"]:
-        code = "" if error.get("code") is None else str(error["code"])
-        table.add_row(error["kind"], code, f"{error['count']:,}", str(error.get("first_message", "")))
+    for error in report.errors:
+        code = "" if error.code is None else str(error.code)
+        table.add_row(error.kind, code, f"{error.count:,}", str(error.first_message))
     return table
 
 
-def _generator_table(report: dict[str, Any]) -> Any:
-    generator = report["generator"]
-    rows = [("CPU", f"{generator['cpu_pct']:.0f} %"), ("event-loop lag p99", f"{generator['loop_lag_ms']:.3f} ms")]
-    if "schedule_lag_ms" in generator:
-        rows.append(("schedule lag p99", f"{generator['schedule_lag_ms']:.3f} ms"))
+def _functions_table(report: BenchReport) -> Any:
+    from rich.table import Table
+
+    table = Table(title="per function", title_justify="left")
+    for column in ("function", "calls", "errors", "p50", "p99", "max"):
+        table.add_column(column, justify="left" if column == "function" else "right")
+    for function in report.functions:
+        latency = function.latency_ms
+        errors = f"[red]{function.errors:,}[/]" if function.errors else "0"
+        table.add_row(
+            function.func, f"{function.calls:,}", errors, _ms(latency.get("p50")), _ms(latency.get("p99")),
+            _ms(latency.get("max")),
+        )  # fmt: skip
+    return table
+
+
+def _generator_table(report: BenchReport) -> Any:
+    generator = report.generator
+    rows = [("CPU", f"{generator.cpu_pct:.0f} %"), ("event-loop lag p99", f"{generator.loop_lag_ms:.3f} ms")]
+    if generator.schedule_lag_ms is not None:
+        rows.append(("schedule lag p99", f"{generator.schedule_lag_ms:.3f} ms"))
     table = _kv_table("generator health", rows)
-    if generator["bound"]:
+    if generator.bound:
         table.caption = "[bold red]the load generator, not the server, was the limit: try --procs 2 or more[/]"
     return table
 
 
-def bench_report(report: dict[str, Any]) -> Any:
-    """Every table of a benchmark report: run, summary, latency, histogram, errors, generator health."""
+def sparkline(values: list[float | None], width: int | None = None) -> str:
+    """Values as one line of block characters, scaled from 0 to their max (None: a blank)."""
+    if width is not None and len(values) > width:
+        step = len(values) / width
+        values = [values[int(i * step)] for i in range(width)]
+    top = max((v for v in values if v is not None), default=0.0)
+    if not top:
+        return "".join(" " if v is None else _BLOCKS[1] for v in values)
+    return "".join(" " if v is None else _BLOCKS[max(1, round(v / top * 8))] for v in values)
+
+
+def _columns(values: list[float], width: int) -> list[float]:
+    """At most ``width`` values: neighbours averaged when there are more seconds than columns."""
+    if len(values) <= width:
+        return values
+    step = len(values) / width
+    return [
+        sum(values[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)])
+        / max(1, max(int((i + 1) * step), int(i * step) + 1) - int(i * step))
+        for i in range(width)
+    ]
+
+
+def over_time_chart(report: BenchReport, *, width: int = 60, height: int = 6) -> Any:
+    """calls/s over time as a block chart, and p99 under it as a sparkline: a stall shows as a gap."""
+    from rich.table import Table
+    from rich.text import Text
+
+    intervals = report.timeseries
+    table = Table(title="over time (one column per second)", title_justify="left", box=None, padding=(0, 1))
+    table.add_column("", justify="right", style="dim", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    if not intervals:
+        return table
+    rates = _columns([i.calls_per_s for i in intervals], width)
+    top = max(rates) or 1.0
+    for row in range(height, 0, -1):
+        line = "".join(_BLOCKS[min(8, max(0, round((rate / top * height - (row - 1)) * 8)))] for rate in rates)
+        label = f"{top:,.0f}/s" if row == height else ("0/s" if row == 1 else "")
+        table.add_row(label, Text(line, style="cyan"))
+    p99 = _columns([i.latency_ms.get("p99") or 0.0 for i in intervals], width)
+    table.add_row(f"p99 ≤{max(p99):,.1f} ms", Text(sparkline(list(p99)), style="magenta"))
+    span = f"0 s{' ' * max(0, len(rates) - 3 - len(f'{intervals[-1].t + intervals[-1].duration_s:.0f} s'))}"
+    table.add_row("", Text(span + f"{intervals[-1].t + intervals[-1].duration_s:.0f} s", style="dim"))
+    return table
+
+
+def bench_report(report: BenchReport) -> Any:
+    """Every table of a benchmark report: run, summary, latency, histogram, over time, errors, generator."""
     from rich.console import Group
 
     parts = [_run_table(report), _summary_table(report), _latency_table(report)]
-    if report["calls"]["measured"]:
+    if report.calls.measured:
         parts.append(_histogram_panel(report))
-    if report["errors"]:
+    if len(report.timeseries) > 1:
+        parts.append(over_time_chart(report))
+    if len(report.functions) > 1:
+        parts.append(_functions_table(report))
+    if report.errors:
         parts.append(_errors_table(report))
     parts.append(_generator_table(report))
     return Group(*parts)
@@ -415,8 +504,42 @@ def _number(value: float | None, unit: str, *, sign: bool = False) -> str:
     return text.rstrip("0").rstrip(".") + unit
 
 
+def probe_line(probe: ProbeResult) -> str:
+    """One ``--find-max`` probe as it finishes (stderr)."""
+    verdict = "met" if probe.met else "missed: " + "; ".join(probe.failures)
+    bound = " (generator-bound)" if probe.generator_bound else ""
+    return (
+        f"probe {probe.rate:,.0f} calls/s: achieved {probe.achieved:,.0f}, p50 {_ms(probe.p50_ms)}, "
+        f"p99 {_ms(probe.p99_ms)}, {probe.errors} errors — {verdict}{bound}"
+    )
+
+
+def capacity_table(answer: Capacity) -> Any:
+    """``--find-max``: the probes in the order they ran, and the answer."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="capacity search", title_justify="left")
+    for column in ("rate", "achieved", "p50", "p99", "errors", "met?"):
+        table.add_column(column, justify="right")
+    for probe in answer.probes:
+        met = "[green]yes[/]" if probe.met else "[red]no[/]"
+        table.add_row(
+            f"{probe.rate:,.0f}", f"{probe.achieved:,.0f}", _ms(probe.p50_ms), _ms(probe.p99_ms), f"{probe.errors:,}",
+            met + (" (generator-bound)" if probe.generator_bound else ""),
+        )  # fmt: skip
+    if answer.rate is None:
+        verdict = Text("even the lowest probe missed the SLO", style="bold red")
+    elif answer.generator_bound:
+        verdict = Text(f"at least {answer.rate:,.0f} calls/s (generator-bound: try --procs)", style="bold yellow")
+    else:
+        verdict = Text(f"capacity: {answer.rate:,.0f} calls/s", style="bold green")
+    return Group(table, verdict)
+
+
 class BenchProgress:
-    """The live progress bar on stderr: calls done, calls/s, in flight, errors."""
+    """The live progress bar on stderr: calls done, calls/s, in flight, errors, and sparklines over time."""
 
     def __init__(self, console: Any) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -426,10 +549,11 @@ class BenchProgress:
             BarColumn(),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[trend]}"),
             console=console,
             transient=True,
         )
-        self._task = self._progress.add_task("warming up", total=None, status="")
+        self._task = self._progress.add_task("warming up", total=None, status="", trend="")
 
     def __enter__(self) -> BenchProgress:
         self._progress.start()
@@ -451,4 +575,12 @@ class BenchProgress:
             f"{snapshot.done:,} calls  {snapshot.calls_per_s:,.0f}/s  "
             f"{snapshot.in_flight} in flight  {snapshot.errors} errors"
         )
-        self._progress.update(self._task, description="benchmarking", total=total, completed=completed, status=status)
+        recent = snapshot.recent[-20:]
+        trend = ""
+        if recent:
+            rates = sparkline([rate for rate, _ in recent])
+            p99 = sparkline([p for _, p in recent])
+            trend = f"calls/s [cyan]{rates}[/]  p99 [magenta]{p99}[/] {recent[-1][1] or 0:,.1f} ms"
+        self._progress.update(
+            self._task, description="benchmarking", total=total, completed=completed, status=status, trend=trend
+        )

@@ -3,8 +3,7 @@
 Latencies live in HDR histograms (microsecond resolution, 3 significant digits). The hot path of the
 load generator counts values in a plain dict (:class:`Recorder`) and hands them to the histogram in
 bulk, which is exact and costs a dict increment per call instead of a Python ``record_value``.
-The report is a versioned JSON document (``schema_version`` 1); ``merge``, ``compare`` and SLO
-checks work on it.
+The report model built from these numbers lives in :mod:`synapse_cli.report`.
 """
 
 from __future__ import annotations
@@ -12,28 +11,25 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
 __all__ = [
+    "LATENCY_METRICS",
     "PERCENTILES",
-    "SCHEMA_VERSION",
     "Recorder",
     "SloRule",
-    "check_slo",
-    "compare_reports",
     "decode_histogram",
     "encode_histogram",
+    "holds",
+    "interval_summary",
     "log_buckets",
-    "merge_reports",
     "min_samples",
     "new_histogram",
     "parse_slo",
+    "percentile_spectrum",
     "summarize",
 ]
-
-SCHEMA_VERSION = 1
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 LOWEST_US = 1
 SIGNIFICANT_DIGITS = 3
@@ -94,6 +90,32 @@ def summarize(histogram: HdrHistogram) -> dict[str, float | None]:
     return {key: None if value is None else round(value, 4) for key, value in summary.items()}
 
 
+def interval_summary(histogram: HdrHistogram) -> dict[str, float | None]:
+    """p50, p90, p99 and max (ms) of one second's calls: shown however few, since a second holds few calls."""
+    if histogram.get_total_count() == 0:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    summary = {_key(p): histogram.get_value_at_percentile(p) / 1000 for p in (50.0, 90.0, 99.0)}
+    summary["max"] = histogram.get_max_value() / 1000
+    return {key: round(value, 4) for key, value in summary.items()}
+
+
+def percentile_spectrum(histogram: HdrHistogram) -> list[tuple[float, float]]:
+    """(percentile, latency ms) pairs from p0 up to the max, the points of HdrHistogram's classic plot."""
+    count = histogram.get_total_count()
+    if count == 0:
+        return []
+    points = []
+    nines = 0.0
+    while True:
+        percentile = 100 - 100 / 10**nines
+        points.append((percentile, histogram.get_value_at_percentile(percentile) / 1000))
+        if count * 10 ** (-nines) < 1 or nines >= 6:
+            break
+        nines += 0.125
+    points.append((100.0, histogram.get_max_value() / 1000))
+    return points
+
+
 def encode_histogram(histogram: HdrHistogram) -> str:
     """The standard compressed, base64 HDR encoding (readable by every HdrHistogram library)."""
     encoded = histogram.encode()
@@ -122,100 +144,10 @@ def log_buckets(histogram: HdrHistogram, *, max_buckets: int = 16) -> list[tuple
     return [(edges[i] / 1000, edges[i + 1] / 1000, buckets[i]) for i in range(steps)]
 
 
-# -- merging and comparing reports -----------------------------------------------------------------
-
-
-def _merge_errors(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    merged: dict[tuple[str, Any], dict[str, Any]] = {}
-    for report in reports:
-        for error in report.get("errors", []):
-            key = (error["kind"], error.get("code"))
-            if key in merged:
-                merged[key]["count"] += error["count"]
-            else:
-                merged[key] = dict(error)
-    return sorted(merged.values(), key=lambda e: -e["count"])
-
-
-def _sum(reports: list[dict[str, Any]], section: str, key: str) -> Any:
-    return sum((r.get(section) or {}).get(key, 0) or 0 for r in reports)
-
-
-def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report from runs made in parallel (processes or machines): histograms merged exactly, rates summed."""
-    if not reports:
-        raise ValueError("nothing to merge")
-    for report in reports:
-        if report.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"unsupported report schema_version {report.get('schema_version')!r}")
-    histogram = decode_histogram(reports[0]["histogram"])
-    for report in reports[1:]:
-        histogram.add(decode_histogram(report["histogram"]))
-    merged = dict(reports[0])
-    merged["config"] = {**reports[0]["config"], "sources": sum(r["config"].get("sources", 1) for r in reports)}
-    merged["calls"] = {key: _sum(reports, "calls", key) for key in ("measured", "ok", "errors", "warmup")}
-    merged["duration_s"] = max(r["duration_s"] for r in reports)
-    merged["calls_per_s"] = round(sum(r["calls_per_s"] for r in reports), 2)
-    merged["latency_ms"] = summarize(histogram)
-    merged["histogram"] = encode_histogram(histogram)
-    merged["errors"] = _merge_errors(reports)
-    merged["traffic"] = {key: _sum(reports, "traffic", key) for key in (reports[0].get("traffic") or {})}
-    generators = [r["generator"] for r in reports]
-    merged["generator"] = {
-        "cpu_pct": max(g["cpu_pct"] for g in generators),
-        "loop_lag_ms": max(g["loop_lag_ms"] for g in generators),
-        "bound": any(g["bound"] for g in generators),
-    }
-    if reports[0].get("rate"):
-        service = decode_histogram(reports[0]["service_histogram"])
-        for report in reports[1:]:
-            service.add(decode_histogram(report["service_histogram"]))
-        merged["service_latency_ms"] = summarize(service)
-        merged["service_histogram"] = encode_histogram(service)
-        merged["rate"] = {key: round(_sum(reports, "rate", key), 2) for key in reports[0]["rate"]}
-        merged["generator"]["schedule_lag_ms"] = max(r["generator"].get("schedule_lag_ms", 0) for r in reports)
-    return merged
-
-
-COMPARED = ("calls_per_s", "p50", "p90", "p99", "p99.9", "errors")
-_HIGHER_IS_BETTER = {"calls_per_s"}
-_OUTPUT_ONLY = {"sources", "output", "json"}
-
-
-def _metric(report: dict[str, Any], name: str) -> float | None:
-    if name == "calls_per_s":
-        return float(report["calls_per_s"])
-    if name == "errors":
-        return float(report["calls"]["errors"])
-    value = report["latency_ms"].get(name)
-    return None if value is None else float(value)
-
-
-def compare_reports(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per-metric deltas (new against base) and warnings about differing configurations."""
-    rows = []
-    for name in COMPARED:
-        before, after = _metric(base, name), _metric(new, name)
-        delta = None if before is None or after is None else after - before
-        percent = None if delta is None or not before else delta / before * 100
-        better = None
-        if delta:
-            better = (delta > 0) == (name in _HIGHER_IS_BETTER)
-        rows.append({"metric": name, "base": before, "new": after, "delta": delta, "pct": percent, "better": better})
-    warnings = []
-    ignored = set(_OUTPUT_ONLY)
-    if base["config"].get("embedded") and new["config"].get("embedded"):
-        ignored.add("url")  # each embedded server gets a fresh port: not a difference worth a warning
-    for key in sorted(set(base["config"]) | set(new["config"])):
-        if key not in ignored and base["config"].get(key) != new["config"].get(key):
-            warnings.append(f"config differs: {key} = {base['config'].get(key)!r} vs {new['config'].get(key)!r}")
-    return rows, warnings
-
-
 # -- SLOs ------------------------------------------------------------------------------------------
 
 _SLO = re.compile(r"^\s*([a-z_][a-z0-9_.]*)\s*(<=|>=|==|<|>|=)\s*([0-9.]+(?:e[+-]?\d+)?)\s*([a-zµ%/]*)\s*$", re.I)
-_LATENCY = {"min", "mean", "max", "p50", "p90", "p99", "p99.9"}
+LATENCY_METRICS = frozenset({"min", "mean", "max", "p50", "p90", "p99", "p99.9"})
 _ALIASES = {"rps": "calls_per_s", "qps": "calls_per_s", "throughput": "calls_per_s", "error_rate": "error_rate"}
 _UNITS = {"": 1.0, "ms": 1.0, "us": 0.001, "µs": 0.001, "s": 1000.0}
 
@@ -240,7 +172,7 @@ def parse_slo(text: str) -> list[SloRule]:
         name, op, number, unit = match.groups()
         metric = _ALIASES.get(name.lower(), name.lower())
         value = float(number)
-        if metric in _LATENCY:
+        if metric in LATENCY_METRICS:
             if unit.lower() not in _UNITS:
                 raise ValueError(f"unknown unit {unit!r} in {term!r} (use us, ms or s)")
             value *= _UNITS[unit.lower()]
@@ -254,23 +186,9 @@ def parse_slo(text: str) -> list[SloRule]:
     return rules
 
 
-def _actual(report: dict[str, Any], metric: str) -> float | None:
-    if metric == "error_rate":
-        measured = report["calls"]["measured"]
-        return report["calls"]["errors"] / measured if measured else 0.0
-    return _metric(report, metric)
-
-
-def check_slo(report: dict[str, Any], rules: list[SloRule]) -> list[str]:
-    """The terms the report does not meet, each explained; empty when the SLO holds."""
+def holds(rule: SloRule, actual: float) -> bool:
+    """Whether ``actual`` (in the rule's unit: ms, a count, a ratio or calls/s) meets ``rule``."""
     compare = {
         "<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__, "=": float.__eq__,
     }  # fmt: skip
-    failures = []
-    for rule in rules:
-        actual = _actual(report, rule.metric)
-        if actual is None:
-            failures.append(f"{rule.text}: not enough samples to know {rule.metric}")
-        elif not compare[rule.op](actual, rule.bound):
-            failures.append(f"{rule.text}: measured {actual:g}")
-    return failures
+    return compare[rule.op](float(actual), rule.bound)

@@ -18,6 +18,7 @@ from conftest import RunningServer, load_app, running_server, synapse_executable
 
 from synapse_cli import stats
 from synapse_cli.bench import BenchConfig, run_bench
+from synapse_cli.report import BenchReport, compare_reports
 
 REPORT_KEYS = {
     "schema_version", "config", "calls", "duration_s", "calls_per_s", "latency_ms", "errors", "generator", "histogram",
@@ -95,7 +96,7 @@ def test_percentiles_of_a_known_latency_distribution(targets: RunningServer) -> 
     """1,000 calls sleeping 1 ms ×80 %, 5 ms ×15 %, 20 ms ×5 % give p50/p90/p99 in those bands (−0.1 %, +3 ms)."""
     report = run_bench(
         BenchConfig(url=targets.url, func="patterned_sleep", args=["known"], calls=1000, concurrency=1, warmup=0)
-    )
+    ).to_json()
     assert report["calls"] == {"measured": 1000, "ok": 1000, "errors": 0, "warmup": 0}
     latency = report["latency_ms"]
     for key, sleep_ms in (("p50", 1.0), ("p90", 5.0), ("p99", 20.0), ("min", 1.0)):
@@ -110,7 +111,7 @@ def test_percentiles_of_a_known_latency_distribution(targets: RunningServer) -> 
 
 def test_rate_mode_achieves_its_target(server: RunningServer) -> None:
     """--rate 1000 for 3 s sends 3,000 ± 5 % calls and reports an achieved rate within 5 % of the target."""
-    report = run_bench(BenchConfig(url=server.url, calls=None, duration=3.0, rate=1000, warmup=0))
+    report = run_bench(BenchConfig(url=server.url, calls=None, duration=3.0, rate=1000, warmup=0)).to_json()
     assert report["config"]["model"] == "open"
     assert report["rate"]["target"] == 1000
     assert report["rate"]["achieved"] == pytest.approx(1000, rel=0.05)
@@ -128,7 +129,7 @@ def test_coordinated_omission_shows_a_stall_in_response_time_not_service_time(ta
         url=targets.url, func="stall_once", args=["omission", 2000], calls=None, duration=4.0, rate=2000,
         concurrency=50, warmup=0,
     )  # fmt: skip
-    report = run_bench(config)
+    report = run_bench(config).to_json()
     measured = report["calls"]["measured"]
     assert report["calls"]["errors"] == 0
     assert measured > 100 * 50  # the 50 calls in flight during the stall are under 1 % of the run
@@ -150,7 +151,7 @@ def test_rate_mode_with_calls_measures_exactly_n_even_with_late_sends(targets: R
     config = BenchConfig(
         url=targets.url, func="stall_once", args=["late-sends", 500], calls=2000, rate=2000, concurrency=10, warmup=0
     )
-    report = run_bench(config)
+    report = run_bench(config).to_json()
     assert report["rate"]["late_sends"] > 0  # the stall made calls wait for a free slot
     assert report["calls"] == {"measured": 2000, "ok": 2000, "errors": 0, "warmup": 0}
     assert stats.decode_histogram(report["histogram"]).get_total_count() == 2000
@@ -239,7 +240,8 @@ def test_compare_two_saved_reports(server: RunningServer, cli_env: dict[str, str
     assert comparison["warnings"] == ["config differs: concurrency = 10 vs 20"]
     by_metric = {row["metric"]: row for row in comparison["metrics"]}
     assert list(by_metric) == ["calls_per_s", "p50", "p90", "p99", "p99.9", "errors"]
-    rows, _ = stats.compare_reports(json.loads(base.read_text()), json.loads(new.read_text()))
+    rows, _ = compare_reports(BenchReport.from_json(json.loads(base.read_text())),
+                              BenchReport.from_json(json.loads(new.read_text())))  # fmt: skip
     assert comparison["metrics"] == rows
     assert by_metric["errors"]["delta"] == 0.0
 

@@ -1,0 +1,144 @@
+"""The tally of one benchmark run: every measured call counted once, in total, per second and per function.
+
+Pure: the time of each call is passed in (``time.perf_counter_ns()`` values), so a fake clock tests it.
+Latencies are counted in a plain dict per second (a dict increment per call on the hot path) and turned
+into one HDR histogram per second when the second ends; the run's histogram is the exact sum of those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from synapse_cli import stats
+from synapse_cli.report import ErrorCount, FunctionStats, Interval
+
+__all__ = ["Tally"]
+
+_NS = 1_000_000_000
+
+
+class Tally:
+    """Counts of measured calls: ``record`` one reply, ``lose`` calls that got none, ``note_error`` why."""
+
+    def __init__(
+        self,
+        *,
+        highest_us: int,
+        functions: Sequence[str] = ("",),
+        interval_ns: int = _NS,
+        target: Callable[[float, float], float] | None = None,
+    ) -> None:
+        self.highest_us = highest_us
+        self.interval_ns = interval_ns
+        self.target = target  # open model: the target rate between two times (s since measuring started)
+        self.functions = list(functions)
+        self.start = 0
+        self.boundary = 2**62  # no rotation before begin()
+        self.counts: dict[int, int] = {}  # this second's latencies (µs) -> count
+        self.service = stats.Recorder(highest_us)  # open model: from the actual send, whole run
+        self.total = stats.new_histogram(highest_us)
+        self.ok = self.failed = 0
+        self._mark = (0, 0)  # ok, failed when the current second began
+        self.intervals: list[Interval] = []
+        self.errors: dict[tuple[str, Any], list[Any]] = {}  # (kind, code) -> [count, first message]
+        many = len(self.functions) > 1
+        self.by_function = [stats.Recorder(highest_us) for _ in self.functions] if many else None
+        self.function_ok = [0] * len(self.functions)
+        self.function_failed = [0] * len(self.functions)
+
+    def begin(self, now: int) -> None:
+        """Measuring starts at ``now``: the first second ends one interval later."""
+        self.start = now
+        self.boundary = now + self.interval_ns
+
+    def record(self, now: int, latency_us: int, ok: bool = True, func: int = 0) -> None:
+        """One reply at ``now``, ``latency_us`` after its scheduled send; ``ok`` unless the server sent an error."""
+        if now >= self.boundary:
+            self._rotate(now)
+        counts = self.counts
+        counts[latency_us] = counts.get(latency_us, 0) + 1
+        if ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+        if self.by_function is not None:
+            self.by_function[func].record(latency_us)
+            if ok:
+                self.function_ok[func] += 1
+            else:
+                self.function_failed[func] += 1
+        elif not ok:
+            self.function_failed[0] += 1
+
+    def lose(self, now: int, count: int = 1, func: int = 0) -> None:
+        """``count`` calls that ended with no reply (timed out, never sent, connection lost)."""
+        if now >= self.boundary:
+            self._rotate(now)
+        self.failed += count
+        self.function_failed[func] += count
+
+    def note_error(self, kind: str, code: Any, message: str, count: int = 1) -> None:
+        """Why calls failed: counted by kind and code, with the first message of each."""
+        entry = self.errors.get((kind, code))
+        if entry is None:
+            self.errors[(kind, code)] = [count, message]
+        else:
+            entry[0] += count
+
+    def tick(self, now: int) -> None:
+        """Close the seconds that ended with no reply in them (a stall shows as seconds of 0 calls)."""
+        if now >= self.boundary:
+            self._rotate(now)
+
+    def _rotate(self, now: int) -> None:
+        while now >= self.boundary:
+            self._close(self.boundary - self.interval_ns, self.boundary)
+            self.boundary += self.interval_ns
+
+    def _close(self, begin: int, end: int) -> None:
+        histogram = stats.new_histogram(self.highest_us)
+        for value, count in self.counts.items():
+            histogram.record_value(min(max(value, stats.LOWEST_US), self.highest_us), count)
+        self.counts = {}
+        self.total.add(histogram)
+        ok, failed = self.ok - self._mark[0], self.failed - self._mark[1]
+        self._mark = (self.ok, self.failed)
+        start_s, end_s = (begin - self.start) / _NS, (end - self.start) / _NS
+        length = end_s - start_s
+        self.intervals.append(
+            Interval(
+                t=round(start_s, 3), duration_s=round(length, 4), calls=ok + failed, ok=ok, errors=failed,
+                calls_per_s=round((ok + failed) / length, 2), latency_ms=stats.interval_summary(histogram),
+                histogram=stats.encode_histogram(histogram),
+                target=round(self.target(start_s, end_s), 2) if self.target else None,
+            )
+        )  # fmt: skip
+
+    def finish(self, end: int) -> None:
+        """Measuring ended at ``end``: close the last (partial) second."""
+        self._rotate(end)
+        begin = self.boundary - self.interval_ns
+        if end - begin >= self.interval_ns // 100 or self.counts or self.ok + self.failed > sum(self._mark):
+            self._close(begin, max(end, begin + 1))
+        self.boundary = 2**62
+
+    def error_counts(self) -> list[ErrorCount]:
+        ordered = sorted(self.errors.items(), key=lambda item: -item[1][0])
+        return [ErrorCount(kind, code, count, message) for (kind, code), (count, message) in ordered]
+
+    def function_stats(self) -> list[FunctionStats]:
+        """Latency and errors per function (one entry, the run's totals, when there is one function)."""
+        recorders = self.by_function
+        result = []
+        for index, name in enumerate(self.functions):
+            histogram = recorders[index].flush() if recorders is not None else self.total
+            ok = self.function_ok[index] if recorders is not None else self.ok
+            failed = self.function_failed[index]
+            result.append(
+                FunctionStats(
+                    func=name, calls=ok + failed, ok=ok, errors=failed, latency_ms=stats.summarize(histogram),
+                    histogram=stats.encode_histogram(histogram),
+                )
+            )  # fmt: skip
+        return result
