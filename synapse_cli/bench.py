@@ -615,7 +615,8 @@ def _report(run: _Run) -> BenchReport:
     if run.open_schedule is not None:
         service = tally.service.flush()
         schedule_lag = run.schedule_lag.flush()
-        target = run.open_schedule.target(0.0, duration) if duration else 0.0
+        planned = run.open_schedule.shape.duration or duration  # a shape's target is over the shape, not the drain
+        target = run.open_schedule.target(0.0, min(duration, planned)) if duration else 0.0
         report.rate = RateResult(
             target=round(target, 2), achieved=round(run.sent / duration, 2) if duration else 0.0,
             late_sends=run.late_sends, not_sent=run.not_sent,

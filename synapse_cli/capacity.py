@@ -111,8 +111,9 @@ def find_max(
         probes.append(result)
         if on_probe is not None:
             on_probe(result)
-        if result.generator_bound:
-            return Capacity(low if not result.met else rate, True, probes)
+        if result.generator_bound:  # what the server showed, no more: the last rate met, or this one's achieved
+            shown = max(low or 0.0, result.achieved if result.met else 0.0)
+            return Capacity(round(shown, 2) if shown else None, True, probes)
         if result.met:
             low = rate
         else:

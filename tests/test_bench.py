@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import RunningServer, load_app, running_server, synapse_executable
+from hdrh.log import HistogramLogReader
 
 from synapse_cli import stats
 from synapse_cli.bench import BenchConfig, run_bench
 from synapse_cli.report import BenchReport, compare_reports
+from synapse_cli.schedule import parse_rate
 
 REPORT_KEYS = {
     "schema_version", "config", "calls", "duration_s", "calls_per_s", "latency_ms", "errors", "generator", "histogram",
@@ -300,3 +303,235 @@ def test_token_server_needs_the_token(make_server: Callable[..., Any], cli_env: 
         assert "token" not in report["config"]  # the secret never lands in a report
         refused = synapse("bench", "-n", "100", "--warmup", "0", "--url", secured.url, env=cli_env)
     assert_one_error_line(refused, 3, "401")
+
+
+# -- over time, shapes, data, shards (issue 13) ------------------------------------------------------
+
+
+def full_seconds(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The timeseries entries that lasted a whole second (the last one is usually shorter)."""
+    return [entry for entry in report["timeseries"] if entry["duration_s"] == 1.0]
+
+
+def test_timeseries_has_one_entry_per_second_adding_up_to_the_run(
+    server: RunningServer, cli_env: dict[str, str]
+) -> None:
+    """`bench -z 2s`: a timeseries of 2 whole seconds (and a sliver), counting every measured call once."""
+    report = bench_json("-z", "2s", "--warmup", "0.2s", "-c", "8", "--url", server.url, env=cli_env)
+    series = report["timeseries"]
+    assert [entry["t"] for entry in series][:2] == [0.0, 1.0] and len(series) <= 3
+    assert sum(entry["calls"] for entry in series) == report["calls"]["measured"]
+    assert sum(entry["ok"] for entry in series) == report["calls"]["ok"]
+    first = series[0]
+    assert set(first) == {"t", "duration_s", "calls", "ok", "errors", "calls_per_s", "latency_ms", "histogram"}
+    assert set(first["latency_ms"]) == {"p50", "p90", "p99", "max"}
+    assert first["calls_per_s"] == first["calls"]  # a whole second
+    total = stats.new_histogram()
+    for entry in series:
+        total.add(stats.decode_histogram(entry["histogram"]))
+    assert total.get_total_count() == report["calls"]["measured"]
+    assert stats.summarize(total) == report["latency_ms"]
+    (function,) = report["functions"]
+    assert (function["func"], function["calls"], function["errors"]) == ("add_numbers", report["calls"]["measured"], 0)
+
+
+def test_a_ramp_keeps_every_second_within_5_percent_of_its_target(server: RunningServer) -> None:
+    """--rate "200:1s, 200->1000:2s, 1000:1s": each whole second's calls are within 5 % of its target."""
+    shape = parse_rate("200:1s, 200->1000:2s, 1000:1s")
+    report = run_bench(BenchConfig(url=server.url, calls=None, shape=shape, warmup=0.3)).to_json()
+    seconds = full_seconds(report)
+    assert [entry["target"] for entry in seconds] == [200.0, 400.0, 800.0, 1000.0]
+    for entry in seconds:
+        assert entry["calls"] == pytest.approx(entry["target"], rel=0.05), seconds
+    assert report["calls"]["measured"] == pytest.approx(shape.calls_until(4.0), rel=0.01)
+    assert report["calls"]["errors"] == 0
+    assert report["config"]["stages"] == "200:1s, 200->1000:2s, 1000:1s" and report["config"]["model"] == "open"
+    assert report["rate"]["target"] == 600.0 and report["rate"]["not_sent"] == 0
+
+
+def test_hdr_log_holds_the_seconds_of_the_run(server: RunningServer, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """--hdr-log FILE: hdrh's own log reader finds one interval per timeseries entry, with the same counts."""
+    path = tmp_path / "run.hlog"
+    report = bench_json("-z", "1.5s", "--warmup", "0", "--hdr-log", str(path), "--url", server.url, env=cli_env)
+    reader = HistogramLogReader(str(path), stats.new_histogram())
+    counts = []
+    while (interval := reader.get_next_interval_histogram()) is not None:
+        counts.append(interval.get_total_count())
+    reader.close()
+    assert counts == [entry["calls"] for entry in report["timeseries"]]
+    assert reader.get_start_time_sec() == pytest.approx(report["window"]["start"], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-n", "100", "-z", "1s"], "-n and -z exclude each other"),
+        (["--rate", "100:1s", "-z", "1s"], "sets its own length"),
+        (["--rate", "fast"], "cannot read stage"),
+        (["--find-max"], "--find-max needs an --slo"),
+        (["--shard", "2/2"], "needs 0 <= I < N"),
+        (["--start-at", "tomorrow"], "Unix time or an ISO 8601 instant"),
+        (["--output", "/nonexistent-dir/report.json"], "cannot write /nonexistent-dir/report.json"),
+        (["--html", "/nonexistent-dir/report.html"], "cannot write /nonexistent-dir/report.html"),
+    ],
+)
+def test_bad_option_combinations_exit_2_before_any_run(
+    args: list[str], message: str, closed_port: int, cli_env: dict[str, str]
+) -> None:
+    """Options that cannot work are refused at once (exit 2), before connecting (the port here is closed)."""
+    result = synapse("bench", *args, "--url", f"ws://127.0.0.1:{closed_port}/ws", env=cli_env)
+    assert_one_error_line(result, 2, message)
+
+
+def test_rate_far_beyond_reach_stops_at_z_and_says_so(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """--rate 200000 -z 1s -c 8: the run ends about 1 s in, counts what it never sent, warns and exits 1."""
+    started = time.monotonic()
+    report = bench_json("--rate", "200000", "-z", "1s", "-c", "8", "--warmup", "0", "--url", server.url,
+                        env=cli_env, status=1)  # fmt: skip
+    assert time.monotonic() - started < 6  # process start and connect included; the measuring stopped at 1 s
+    assert report["duration_s"] == pytest.approx(1.0, abs=0.2)
+    rate = report["rate"]
+    assert rate["not_sent"] > 100_000 and rate["achieved"] < 0.9 * rate["target"]
+    assert report["calls"]["errors"] == 0  # no call failed: they were never sent
+    result = synapse("bench", "--rate", "200000", "-z", "0.5s", "-c", "8", "--warmup", "0", "--url", server.url,
+                     env=cli_env)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("synapse: warning: achieved ") and "of the target 200,000" in result.stderr
+
+
+def test_data_mixes_functions_and_breaks_them_down(
+    server: RunningServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """--data with add_numbers (weight 3) and divide 1 0 (weight 1): per-function calls, errors and latency."""
+    data = tmp_path / "calls.ndjson"
+    data.write_text('{"func": "add_numbers", "args": [1, 2], "weight": 3}\n\n["divide", 1, 0]\n')
+    report = bench_json("--data", str(data), "-n", "2000", "--warmup", "0", "--url", server.url, env=cli_env, status=1)
+    by_function = {entry["func"]: entry for entry in report["functions"]}
+    assert set(by_function) == {"add_numbers", "divide"}
+    add, divide = by_function["add_numbers"], by_function["divide"]
+    assert add["calls"] + divide["calls"] == 2000
+    assert add["calls"] == pytest.approx(1500, rel=0.1)  # drawn by weight, 3 to 1
+    assert (add["errors"], divide["errors"], divide["ok"]) == (0, divide["calls"], 0)
+    assert report["calls"]["errors"] == divide["calls"]
+    assert stats.decode_histogram(add["histogram"]).get_total_count() == add["calls"]
+    assert report["config"]["functions"] == ["add_numbers", "divide"] and report["config"]["data"] == str(data)
+    assert report["errors"] == [
+        {"kind": "rpc", "code": -32000, "count": divide["calls"], "first_message": "division by zero"}
+    ]
+
+
+def test_data_from_stdin_cycles_in_order(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """--data - reads the calls from stdin; without weights they go out in turn (one of each per two calls)."""
+    lines = '{"func": "echo", "args": ["a"]}\n{"func": "add_numbers", "args": {"a": 1, "b": 2}}\n'
+    result = subprocess.run(
+        [synapse_executable(), "bench", "--data", "-", "-n", "1000", "-c", "1", "--warmup", "0", "--url", server.url],
+        input=lines, capture_output=True, text=True, env=cli_env, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    by_function = {entry["func"]: entry["calls"] for entry in json.loads(result.stdout)["functions"]}
+    assert by_function == {"echo": 500, "add_numbers": 500}
+
+
+def test_shards_started_together_merge_into_one_run(
+    server: RunningServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two `--shard I/2 -n 3000 --start-at T` processes merge into 3,000 calls, like one `-n 3000` run."""
+    start_at = time.time() + 3
+    shards = [
+        subprocess.Popen(
+            [
+                synapse_executable(),
+                "bench",
+                "--shard",
+                f"{index}/2",
+                "-n",
+                "3000",
+                "-c",
+                "16",
+                "--warmup",
+                "0.2s",
+                "--start-at",
+                f"{start_at}",
+                "--url",
+                server.url,
+                "--output",
+                str(tmp_path / f"shard{index}.json"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env,
+        )  # fmt: skip
+        for index in range(2)
+    ]
+    for shard in shards:
+        _, stderr = shard.communicate(timeout=60)
+        assert shard.returncode == 0, stderr
+    parts = [json.loads((tmp_path / f"shard{index}.json").read_text()) for index in range(2)]
+    assert [part["calls"]["measured"] for part in parts] == [1500, 1500]
+    assert [part["config"]["shard"] for part in parts] == ["0/2", "1/2"]
+    assert all(abs(part["window"]["start"] - start_at) < 0.05 for part in parts)
+    result = synapse("bench", "merge", *(str(tmp_path / f"shard{index}.json") for index in range(2)), env=cli_env)
+    assert result.returncode == 0 and result.stderr == ""  # the windows overlap: no warning
+    merged = json.loads(result.stdout)
+    single = bench_json("-n", "3000", "-c", "16", "--warmup", "0.2s", "--url", server.url, env=cli_env)
+    assert merged["calls"] == {**single["calls"], "warmup": merged["calls"]["warmup"]}
+    histogram = stats.decode_histogram(merged["histogram"])
+    assert histogram.get_total_count() == stats.decode_histogram(single["histogram"]).get_total_count() == 3000
+    assert merged["latency_ms"] == stats.summarize(histogram)
+    assert merged["config"]["sources"] == 2
+    window = merged["window"]["end"] - merged["window"]["start"]
+    assert merged["calls_per_s"] == pytest.approx(3000 / window, rel=0.01)
+
+
+def test_merge_warns_when_the_runs_did_not_overlap(
+    server: RunningServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two runs made one after the other: merge warns, and its rate is over the whole span, not a sum."""
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    a = bench_json("-n", "500", "--warmup", "0", "--url", server.url, "--output", str(first), env=cli_env)
+    b = bench_json("-n", "500", "--warmup", "0", "--url", server.url, "--output", str(second), env=cli_env)
+    result = synapse("bench", "merge", str(first), str(second), env=cli_env)
+    assert result.returncode == 0
+    assert result.stderr == (
+        "synapse: warning: the runs' time windows do not overlap: they ran one after the other, not together\n"
+    )
+    merged = json.loads(result.stdout)
+    assert merged["calls_per_s"] < a["calls_per_s"] + b["calls_per_s"]
+    assert merged["window"] == {"start": a["window"]["start"], "end": b["window"]["end"]}
+
+
+def test_find_max_exits_99_when_even_the_lowest_probe_misses(server: RunningServer, cli_env: dict[str, str]) -> None:
+    """--find-max with an SLO nothing meets (p50<1us): one probe, no rate, exit 99."""
+    result = synapse("bench", "--find-max", "--slo", "p50<1us", "--rate", "100", "-z", "0.3s", "--warmup", "0",
+                     "--url", server.url, env=cli_env)  # fmt: skip
+    assert result.returncode == 99, result.stderr
+    found = json.loads(result.stdout)["find_max"]
+    assert found["rate"] is None and len(found["probes"]) == 1 and found["probes"][0]["met"] is False
+
+
+def test_bench_help_shows_the_options_and_completion_offers_them(cli_env: dict[str, str]) -> None:
+    """`synapse bench --help` lists -n, --rate, --find-max...; completing `synapse bench --ra` offers --rate."""
+    result = synapse("bench", "--help", env=cli_env)
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: synapse bench [OPTIONS]")
+    options = ["-n, --calls", "-z, --duration", "-c, --concurrency", "--rate", "--url", "--slo", "--find-max"]
+    options += ["--data", "--shard", "--start-at", "--html", "--hdr-log", "bench compare", "bench merge"]
+    for option in options:
+        assert option in result.stdout, option
+    completion = subprocess.run(
+        [synapse_executable()], capture_output=True, text=True, timeout=30,
+        env={**cli_env, "_SYNAPSE_COMPLETE": "complete_bash", "COMP_WORDS": "synapse bench --ra", "COMP_CWORD": "2"},
+    )  # fmt: skip
+    assert completion.stdout.split() == ["--rate"]
+
+
+def test_compare_html_overlays_two_runs(server: RunningServer, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`bench compare A.json B.json --html FILE` writes one page naming both runs."""
+    base, new, page = tmp_path / "base.json", tmp_path / "new.json", tmp_path / "compare.html"
+    bench_json("-n", "500", "--warmup", "0", "--url", server.url, "--output", str(base), env=cli_env)
+    bench_json("-n", "500", "--warmup", "0", "--url", server.url, "--output", str(new), env=cli_env)
+    result = synapse("bench", "compare", str(base), str(new), "--html", str(page), env=cli_env)
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "base.json vs new.json" in text
