@@ -18,7 +18,7 @@ from synapse_cli.report import BenchReport
 
 __all__ = ["page"]
 
-_WIDTH, _HEIGHT = 720, 260
+_WIDTH, _HEIGHT = 680, 260
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 16, 40
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -55,6 +55,7 @@ def _chart(
     y_label: str,
     shade: tuple[float, float] | None = None,
     log_x: bool = False,
+    log_y: bool = False,
     x_ticks: list[tuple[float, str]] | None = None,
 ) -> str:
     """A line chart as inline SVG: axes, ticks, one path per series, a legend."""
@@ -65,6 +66,10 @@ def _chart(
     x_low, x_high = min(xs + ([shade[0]] if shade else [])), max(xs)
     x_high = x_high if x_high > x_low else x_low + 1
     y_high = max(p[1] for p in points) * 1.08 or 1.0
+    positive = [p[1] for p in points if p[1] > 0]
+    y_low = 10 ** math.floor(math.log10(min(positive))) if log_y and positive else 0.0
+    if log_y:
+        y_high = 10 ** math.ceil(math.log10(max(y_high, y_low * 10)))
     plot_w, plot_h = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
 
     def x_of(x: float) -> float:
@@ -72,7 +77,12 @@ def _chart(
         return _LEFT + (value - x_low) / (x_high - x_low) * plot_w
 
     def y_of(y: float) -> float:
+        if log_y:
+            share = (math.log10(max(y, y_low)) - math.log10(y_low)) / (math.log10(y_high) - math.log10(y_low))
+            return _TOP + plot_h - share * plot_h
         return _TOP + plot_h - y / y_high * plot_h
+
+    y_ticks = [y_low * 10**i for i in range(round(math.log10(y_high / y_low)) + 1)] if log_y else _ticks(0, y_high)
 
     parts = [f'<svg viewBox="0 0 {_WIDTH} {_HEIGHT}" width="{_WIDTH}" height="{_HEIGHT}" role="img">']
     parts.append(f"<title>{html.escape(title)}</title>")
@@ -80,8 +90,8 @@ def _chart(
         left, right = _LEFT + (shade[0] - x_low) / (x_high - x_low) * plot_w, x_of(shade[1])
         parts.append(f'<rect class="warmup" x="{left:.1f}" y="{_TOP}" width="{max(right - left, 0):.1f}" '
                      f'height="{plot_h}"><title>warm-up (excluded)</title></rect>')  # fmt: skip
-        parts.append(f'<text x="{left + 4:.1f}" y="{_TOP + 12}" class="note">warm-up</text>')
-    for tick in _ticks(0, y_high):
+        parts.append(f'<text x="{left + 4:.1f}" y="{_TOP + plot_h - 6}" class="note">warm-up</text>')
+    for tick in y_ticks:
         y = y_of(tick)
         parts.append(f'<line x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
         parts.append(f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
@@ -112,7 +122,10 @@ def _chart(
 
 def _bars(title: str, reports: Sequence[BenchReport], names: Sequence[str]) -> str:
     """The latency histogram: log-spaced buckets as bars (several runs side by side)."""
-    buckets = [stats.log_buckets(stats.decode_histogram(r.histogram), max_buckets=24) for r in reports]
+    histograms = [stats.decode_histogram(r.histogram) for r in reports]
+    seen = [h for h in histograms if h.get_total_count()]
+    span = (min(h.get_min_value() for h in seen), max(h.get_max_value() for h in seen)) if seen else None
+    buckets = [stats.log_buckets(h, max_buckets=24, span=span) for h in histograms]  # one scale for every run
     if not any(buckets):
         return f"<section><h2>{html.escape(title)}</h2><p>no data</p></section>"
     rows = max(len(b) for b in buckets)
@@ -147,25 +160,29 @@ def _bars(title: str, reports: Sequence[BenchReport], names: Sequence[str]) -> s
 def _time_charts(reports: Sequence[BenchReport], names: Sequence[str]) -> list[str]:
     warmup = max(float(r.config.get("warmup") or 0) for r in reports)
     shade = (-warmup, 0.0) if warmup else None
-    throughput, latency = [], []
-    for run, (report, name) in enumerate(zip(reports, names, strict=False)):
-        color = _COLORS[run % len(_COLORS)]
+    throughput: list[_Series] = []
+    latency: list[_Series] = []
+    for report, name in zip(reports, names, strict=False):
+        color = _COLORS[len(throughput) % len(_COLORS)]
         prefix = f"{name} " if len(reports) > 1 else ""
-        middle = [(i.t + i.duration_s / 2, i) for i in report.timeseries]
+        # A last sliver of a second (the drain after the final call) says nothing about a rate: left out.
+        middle = [(i.t + i.duration_s / 2, i) for i in report.timeseries if i.duration_s >= 0.25]
         throughput.append(_Series(f"{prefix}calls/s", color, [(t, i.calls_per_s) for t, i in middle]))
+        if any(i.errors for _, i in middle):
+            errors = [(t, i.errors / i.duration_s) for t, i in middle]
+            throughput.append(_Series(f"{prefix}errors/s", _COLORS[(len(throughput) + 1) % len(_COLORS)], errors))
         if any(i.target is not None for _, i in middle):
             targets = [(t, i.target or 0.0) for t, i in middle]
             throughput.append(_Series(f"{prefix}target", color, targets, dashed=True))
-        styles = (("p50", False), ("p99", True), ("max", True))
-        for run_key, (key, dashed) in enumerate(styles):
-            shade_color = _COLORS[(run * 3 + run_key) % len(_COLORS)]
+        for key in ("p50", "p99", "max"):
             values = [(t, i.latency_ms.get(key)) for t, i in middle]
             points = [(t, float(v)) for t, v in values if v is not None]
-            latency.append(_Series(f"{prefix}{key}", shade_color, points, dashed=dashed and key == "max"))
+            latency.append(_Series(f"{prefix}{key}", _COLORS[len(latency) % len(_COLORS)], points, dashed=key == "max"))
     return [
         _chart("calls/s over time", throughput, x_label="seconds since measuring started", y_label="calls/s",
                shade=shade),
-        _chart("latency over time", latency, x_label="seconds since measuring started", y_label="ms", shade=shade),
+        _chart("latency over time", latency, x_label="seconds since measuring started", y_label="ms (log scale)",
+               shade=shade, log_y=True),
     ]  # fmt: skip
 
 
@@ -188,6 +205,10 @@ def _table(rows: Sequence[Sequence[str]], header: tuple[str, ...] | None = None)
     return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
 
 
+def _ms(value: float | None) -> str:
+    return "n too small" if value is None else f"{value:.3f}"
+
+
 def _summary(report: BenchReport, name: str) -> str:
     latency = report.latency_ms
     rows = [
@@ -206,7 +227,7 @@ def _summary(report: BenchReport, name: str) -> str:
     functions = ""
     if len(report.functions) > 1:
         functions = "<h3>per function</h3>" + _table(
-            [(f.func, f"{f.calls:,}", f"{f.errors:,}", str(f.latency_ms.get("p50")), str(f.latency_ms.get("p99")))
+            [(f.func, f"{f.calls:,}", f"{f.errors:,}", _ms(f.latency_ms.get("p50")), _ms(f.latency_ms.get("p99")))
              for f in report.functions], ("function", "calls", "errors", "p50 ms", "p99 ms"))  # fmt: skip
     config = _table([(key, str(value)) for key, value in sorted(report.config.items())])
     return (
@@ -216,7 +237,7 @@ def _summary(report: BenchReport, name: str) -> str:
 
 
 _STYLE = """
-body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;max-width:1500px}
+body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;max-width:1440px}
 h1{font-size:20px} h2{font-size:16px;margin:18px 0 6px} h3{font-size:14px;margin:10px 0 4px}
 .charts{display:flex;flex-wrap:wrap;gap:12px} .runs{display:flex;flex-wrap:wrap;gap:24px}
 svg{background:#fff;border:1px solid #ddd;max-width:100%;height:auto} svg text{font-size:11px;fill:#444}

@@ -127,13 +127,15 @@ def decode_histogram(encoded: str) -> HdrHistogram:
     return HdrHistogram.decode(encoded.encode())
 
 
-def log_buckets(histogram: HdrHistogram, *, max_buckets: int = 16) -> list[tuple[float, float, int]]:
-    """Counts in log-spaced latency ranges (ms), from the fastest to the slowest value seen."""
+def log_buckets(
+    histogram: HdrHistogram, *, max_buckets: int = 16, span: tuple[int, int] | None = None
+) -> list[tuple[float, float, int]]:
+    """Counts in log-spaced latency ranges (ms), from the fastest to the slowest value seen (or over ``span`` µs)."""
     count = histogram.get_total_count()
     if count == 0:
         return []
-    low = max(histogram.get_min_value(), LOWEST_US)
-    high = max(histogram.get_max_value(), low + 1)
+    low = max(span[0] if span else histogram.get_min_value(), LOWEST_US)
+    high = max(span[1] if span else histogram.get_max_value(), low + 1)
     steps = max(1, min(max_buckets, math.ceil(math.log10(high / low) * 8)))
     edges = [low * (high / low) ** (i / steps) for i in range(steps + 1)]
     buckets = [0] * steps
