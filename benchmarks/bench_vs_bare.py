@@ -41,6 +41,7 @@ class Row:
 
     name: str
     calls_per_s: float | None
+    littles_law: float | None = None  # synapse bench: calls/s x mean latency / calls in flight (1.0: consistent)
 
 
 def bare_picows(url: str, seconds: float) -> float:
@@ -97,6 +98,7 @@ def measure(seconds: float = 5.0, repeat: int = 3) -> list[Row]:
     )
     node = shutil.which("node") if (HERE / "node" / "node_modules" / "ws").exists() else None
     results: dict[str, list[float]] = {REFERENCE: [], SYNAPSE: [], "node ws": []}
+    littles_law: list[float] = []
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -113,6 +115,8 @@ def measure(seconds: float = 5.0, repeat: int = 3) -> list[Row]:
             bench = run_json([*pinned(1), synapse, "bench", "-c", str(CONNECTIONS * WINDOW), "--connections",
                               str(CONNECTIONS), "-z", f"{seconds}s", "--url", url, "--json"])  # fmt: skip
             results[SYNAPSE].append(bench["calls_per_s"])
+            # Little's law, L = λW: the calls in flight are the rate times the mean latency, when both are honest.
+            littles_law.append(bench["calls_per_s"] * bench["latency_ms"]["mean"] / 1000 / (CONNECTIONS * WINDOW))
             if node:
                 script = str(HERE / "node" / "pipelined.js")
                 result = run_json([*pinned(1), node, script, url, str(CONNECTIONS), str(WINDOW), str(seconds)])
@@ -120,7 +124,9 @@ def measure(seconds: float = 5.0, repeat: int = 3) -> list[Row]:
     finally:
         server.terminate()
         server.wait(10)
-    return [Row(name, statistics.median(values) if values else None) for name, values in results.items()]
+    rows = [Row(name, statistics.median(values) if values else None) for name, values in results.items()]
+    rows[1].littles_law = statistics.median(littles_law)
+    return rows
 
 
 def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
@@ -134,6 +140,10 @@ def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
             print(f"{row.name:32} {row.calls_per_s:12,.0f} {row.calls_per_s / reference:8.2f}")
         else:
             print(f"{row.name:32} {'(skipped: run npm install in benchmarks/node)':>12}")
+    ours = next(row for row in rows if row.name == SYNAPSE)
+    if ours.littles_law is not None:
+        print(f"Little's law for synapse bench: calls/s x mean latency = {ours.littles_law:.3f} x the "
+              f"{CONNECTIONS * WINDOW} calls in flight (1.000: rate and latency agree)")  # fmt: skip
 
 
 def main() -> None:

@@ -50,6 +50,10 @@ SEED_SEQUENTIAL_TARGET = 1.0  # issue 10: ≤ 1.0x bare Starlette's µs per sequ
 PIPELINED_TARGET = 1.0  # issue 5 (benchmarks/README.md): ≥ 1.0x bare Starlette, pipelined, three-key shape
 SEQUENTIAL_TARGET = 1.1  # issue 5: ≤ 1.1x bare Starlette's µs per sequential call, three-key shape
 CLIENT_TARGET = 0.8  # issue 5: Client + gather ≥ 0.8x a bare pipelined websockets loop
+BENCH_TARGET = 1.0  # issue 13: the load generator is still at least as fast as a bare picows loop
+NODE_HINT = (
+    "\n  install Node.js and npm (Debian: apt-get install nodejs npm), then: (cd benchmarks/node && npm install)"
+)
 
 
 @dataclass
@@ -156,13 +160,17 @@ def run_bench_vs_bare(quick: bool) -> list[Summary]:
     rows = bench_vs_bare.measure(seconds, repeat)
     bench_vs_bare.print_table(rows, seconds, repeat)
     reference = next(row.calls_per_s for row in rows if row.name == bench_vs_bare.REFERENCE)
-    ours = next(row.calls_per_s for row in rows if row.name == bench_vs_bare.SYNAPSE)
-    assert reference is not None and ours is not None
+    row = next(row for row in rows if row.name == bench_vs_bare.SYNAPSE)
+    ours, law = row.calls_per_s, row.littles_law
+    assert reference is not None and ours is not None and law is not None
     return [
         Summary(
-            "synapse bench vs bare picows loop", f"{ours:,.0f} calls/s", f"{reference:,.0f} calls/s", ours / reference
-        )
-    ]
+            "synapse bench vs bare picows loop", f"{ours:,.0f} calls/s", f"{reference:,.0f} calls/s", ours / reference,
+            f"≥ {BENCH_TARGET:.1f}x", ours / reference >= BENCH_TARGET,
+        ),
+        Summary("synapse bench: Little's law (calls/s x mean / in flight)", f"{law:.3f}", "1.000", law, "± 5 %",
+                abs(law - 1) <= 0.05),
+    ]  # fmt: skip
 
 
 def run_coldstart(quick: bool) -> list[Summary]:
@@ -277,7 +285,13 @@ def main() -> None:
             continue
         try:
             lines += section(options.quick)
-        except (Exception, SystemExit) as exc:  # the scripts stop with SystemExit("why") on setup failures
+        except SystemExit as exc:  # the scripts stop with SystemExit("why") on setup failures: the why, no traceback
+            needs_node = "Node" in str(exc)
+            print(f"{name}: {'skipped' if needs_node else 'failed'}: {exc}{NODE_HINT if needs_node else ''}")
+            lines.append(Summary(f"{name}: {'skipped, needs Node' if needs_node else 'failed'} (see above)", "—", "—",
+                                 None, "—", None if needs_node else False))  # fmt: skip
+            failed = failed or not needs_node
+        except Exception as exc:
             traceback.print_exc()
             lines.append(Summary(f"{name}: failed ({type(exc).__name__}, see above)", "—", "—", None, "—", False))
             failed = True

@@ -11,7 +11,7 @@ import codecs
 import io
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -428,40 +428,40 @@ def sparkline(values: list[float | None], width: int | None = None) -> str:
     return "".join(" " if v is None else _BLOCKS[max(1, round(v / top * 8))] for v in values)
 
 
-def _columns(values: list[float], width: int) -> list[float]:
-    """At most ``width`` values: neighbours averaged when there are more seconds than columns."""
-    if len(values) <= width:
-        return values
-    step = len(values) / width
-    return [
-        sum(values[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)])
-        / max(1, max(int((i + 1) * step), int(i * step) + 1) - int(i * step))
-        for i in range(width)
-    ]
+def _columns(values: list[float | None], width: int, combine: Callable[[list[float]], float]) -> list[float | None]:
+    """At most ``width`` values: neighbours combined (mean for rates, max for p99) when there are more seconds."""
+    step = max(1.0, len(values) / width)
+    columns = []
+    for index in range(min(width, len(values))):
+        chunk = [
+            v for v in values[int(index * step) : max(int((index + 1) * step), int(index * step) + 1)] if v is not None
+        ]
+        columns.append(combine(chunk) if chunk else None)
+    return columns
 
 
 def over_time_chart(report: BenchReport, *, width: int = 60, height: int = 6) -> Any:
     """calls/s over time as a block chart, and p99 under it as a sparkline: a stall shows as a gap."""
-    from rich.table import Table
     from rich.text import Text
 
-    intervals = report.timeseries
-    table = Table(title="over time (one column per second)", title_justify="left", box=None, padding=(0, 1))
-    table.add_column("", justify="right", style="dim", no_wrap=True)
-    table.add_column("", no_wrap=True)
+    intervals = [i for i in report.timeseries if i.duration_s >= 0.25]  # a last sliver says nothing of a rate
+    chart = Text("over time (one column per second" + (", averaged)" if len(intervals) > width else ")"))
     if not intervals:
-        return table
-    rates = _columns([i.calls_per_s for i in intervals], width)
+        return chart
+    rates = [rate or 0.0 for rate in _columns([i.calls_per_s for i in intervals], width, lambda c: sum(c) / len(c))]
+    p99 = _columns([i.latency_ms.get("p99") for i in intervals], width, max)
     top = max(rates) or 1.0
+    labels = [f"{top:,.0f}/s", *[""] * (height - 2), "0/s", f"p99 ≤{max(v or 0.0 for v in p99):,.1f} ms"]
+    margin = max(len(label) for label in labels)
     for row in range(height, 0, -1):
         line = "".join(_BLOCKS[min(8, max(0, round((rate / top * height - (row - 1)) * 8)))] for rate in rates)
-        label = f"{top:,.0f}/s" if row == height else ("0/s" if row == 1 else "")
-        table.add_row(label, Text(line, style="cyan"))
-    p99 = _columns([i.latency_ms.get("p99") or 0.0 for i in intervals], width)
-    table.add_row(f"p99 ≤{max(p99):,.1f} ms", Text(sparkline(list(p99)), style="magenta"))
-    span = f"0 s{' ' * max(0, len(rates) - 3 - len(f'{intervals[-1].t + intervals[-1].duration_s:.0f} s'))}"
-    table.add_row("", Text(span + f"{intervals[-1].t + intervals[-1].duration_s:.0f} s", style="dim"))
-    return table
+        chart.append(f"\n{labels[height - row]:>{margin}} │", style="dim")
+        chart.append(line, style="cyan")
+    chart.append(f"\n{labels[-1]:>{margin}} │", style="dim")
+    chart.append(sparkline(p99), style="magenta")
+    end = f"{intervals[-1].t + intervals[-1].duration_s:.0f} s"
+    chart.append(f"\n{'':>{margin}} └0 s{end:>{max(len(rates) - 3, len(end))}}", style="dim")
+    return chart
 
 
 def bench_report(report: BenchReport) -> Any:

@@ -6,8 +6,10 @@ import io
 
 from rich.console import Console
 
-from synapse_cli import render
+from synapse_cli import render, stats
 from synapse_cli.builtins import default_registry
+from synapse_cli.capacity import Capacity, ProbeResult
+from synapse_cli.report import BenchReport, CallCounts, FunctionStats, Interval
 
 
 def _text(renderable: object, width: int = 120) -> str:
@@ -100,3 +102,70 @@ def test_banner_entry_is_one_log_entry_with_the_signatures() -> None:
     )
     assert "echo(value: any) -> any" in entry["functions"] and len(entry["functions"]) == len(default_registry())
     assert entry["timestamp"].endswith("+00:00")
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+
+def bench_report_of(seconds: list[int], *, functions: int = 1) -> BenchReport:
+    """A report whose timeseries holds ``seconds`` (calls in each second; 0 is a stall), every call 1 ms."""
+    intervals = []
+    total = stats.new_histogram()
+    for index, calls in enumerate(seconds):
+        histogram = stats.new_histogram()
+        if calls:
+            histogram.record_value(1000, calls)
+        total.add(histogram)
+        intervals.append(Interval(float(index), 1.0, calls, calls, 0, float(calls), stats.interval_summary(histogram),
+                                  stats.encode_histogram(histogram)))  # fmt: skip
+    measured = sum(seconds)
+    names = ["add_numbers", "echo", "sleep"][:functions]
+    return BenchReport(
+        config={"url": "ws://127.0.0.1:9/ws", "func": "add_numbers", "args": [1], "concurrency": 8, "connections": 2},
+        calls=CallCounts(measured, measured, 0, 5), duration_s=float(len(seconds)), calls_per_s=measured / len(seconds),
+        latency_ms=stats.summarize(total), histogram=stats.encode_histogram(total), timeseries=intervals,
+        functions=[FunctionStats(name, measured // functions, measured // functions, 0, stats.summarize(total),
+                                 stats.encode_histogram(total)) for name in names],
+    )  # fmt: skip
+
+
+def test_sparkline_scales_to_the_highest_value() -> None:
+    """Block characters from ▁ (any value above 0) to █ (the max); None is a blank."""
+    assert render.sparkline([0, 1, 2, 4, 8, None]) == "▁▁▂▄█ "
+    assert render.sparkline([]) == ""
+    assert render.sparkline([5.0] * 100, width=10) == "█" * 10
+
+
+def test_over_time_chart_shows_a_stall_as_a_gap() -> None:
+    """Ten seconds at 1,000 calls/s with seconds 4 and 5 at 0: full columns, two empty ones, the scale and p99."""
+    text = _text(render.over_time_chart(bench_report_of([1000] * 4 + [0, 0] + [1000] * 4), height=4))
+    rows = text.splitlines()
+    assert rows[0] == "over time (one column per second)"
+    assert rows[1:] == [
+        "    1,000/s │████  ████",
+        "            │████  ████",
+        "            │████  ████",
+        "        0/s │████  ████",
+        "p99 ≤1.0 ms │████  ████",
+        "            └0 s   10 s",
+    ]
+
+
+def test_bench_report_includes_the_chart_and_the_functions() -> None:
+    """The full report of a multi-second, two-function run shows the over-time chart and a per-function table."""
+    text = _text(render.bench_report(bench_report_of([100, 200, 300], functions=2)), width=140)
+    assert "over time" in text and "per function" in text and "echo" in text
+    assert "warm-up calls (excluded)" in text
+
+
+def test_capacity_table_gives_the_answer() -> None:
+    """The probe table lists every probe and ends with the capacity, 'at least' or no answer."""
+    probes = [
+        ProbeResult(100, 99.5, 1.0, 2.0, 0, 200, True, False),
+        ProbeResult(200, 150, 9.0, 900, 3, 300, False, False),
+    ]
+    assert "capacity: 100 calls/s" in _text(render.capacity_table(Capacity(100, False, probes)))
+    assert "at least 100 calls/s (generator-bound" in _text(render.capacity_table(Capacity(100, True, probes)))
+    assert "even the lowest probe missed" in _text(render.capacity_table(Capacity(None, False, probes[1:])))
+    line = render.probe_line(probes[1])
+    assert line.startswith("probe 200 calls/s: achieved 150") and "missed" in line
