@@ -431,7 +431,7 @@ def parse_duration(text: str) -> float:
 
 _BENCH_EPILOG = (
     "Also: 'synapse bench compare BASE.json NEW.json [--html FILE]' and "
-    "'synapse bench merge A.json B.json ... [--output FILE]'."
+    "'synapse bench merge A.json B.json ... [--output FILE] [--html FILE]'."
 )
 
 
@@ -674,18 +674,21 @@ def bench_compare(
 def bench_merge(
     reports: Annotated[list[Path], typer.Argument(help="Reports of runs made at the same time (JSON).")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the merged report here.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write the merged run's HTML report.")] = None,
+    hdr_log: Annotated[Path | None, typer.Option("--hdr-log", help="Write its per-second HdrHistogram log.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Merge reports from several machines into one (histograms merged exactly, rates over the merged window)."""
     from synapse_cli.report import merge_reports
 
     try:
+        _check_writable([output, html, hdr_log])
         merged, warnings = merge_reports(_load_reports(reports))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     for warning in warnings:
         sys.stderr.write(f"synapse: warning: {warning}\n")
-    written = _write_report(merged, output, json_output)
+    written = _write_report(merged, output, json_output, html=html, hdr_log=hdr_log)
     raise typer.Exit(ExitStatus.OK if written else ExitStatus.ERROR)
 
 

@@ -460,7 +460,7 @@ def over_time_chart(report: BenchReport, *, width: int = 60, height: int = 6) ->
     chart.append(f"\n{labels[-1]:>{margin}} │", style="dim")
     chart.append(sparkline(p99), style="magenta")
     end = f"{intervals[-1].t + intervals[-1].duration_s:.0f} s"
-    chart.append(f"\n{'':>{margin}} └0 s{end:>{max(len(rates) - 3, len(end))}}", style="dim")
+    chart.append(f"\n{'':>{margin}} └0 s{end:>{max(len(rates) - 3, len(end) + 1)}}", style="dim")
     return chart
 
 

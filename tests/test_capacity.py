@@ -30,7 +30,7 @@ def fake_probe(capacity: float, *, generator_limit: float = float("inf")) -> tup
         return BenchReport(
             config={}, calls=CallCounts(100, 100, 0, 0), duration_s=1.0, calls_per_s=achieved,
             latency_ms=stats.summarize(histogram), histogram=stats.encode_histogram(histogram),
-            generator=Generator(bound=rate > generator_limit), rate=RateResult(rate, achieved),
+            generator=Generator(cpu_pct=95.0 if rate > generator_limit else 30.0), rate=RateResult(rate, achieved),
         )  # fmt: skip
 
     return asked, probe
