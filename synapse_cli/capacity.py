@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from synapse_cli import stats
-from synapse_cli.report import BenchReport
+from synapse_cli.report import BenchReport, with_unit
 
 __all__ = ["Capacity", "ProbeResult", "find_max", "judge"]
 
@@ -79,7 +79,7 @@ def judge(rate: float, report: BenchReport, rules: list[stats.SloRule]) -> Probe
     for rule in rules:
         actual = _value(report, histogram, rule.metric)
         if not stats.holds(rule, actual):
-            failures.append(f"{rule.text}: measured {actual:g}")
+            failures.append(f"{rule.text}: measured {with_unit(rule.metric, actual)}")
     achieved = report.rate.achieved if report.rate else report.calls_per_s
     count = histogram.get_total_count()
     # The generator was the limit when it ran out of CPU, or sent short of the rate with every slot free (no

@@ -179,6 +179,8 @@ def test_piped_json_report_has_exact_counts_and_every_documented_key(
     assert report["calls"]["measured"] == 2000 and report["calls"]["ok"] == 2000
     assert report["calls"]["errors"] == 0 and report["errors"] == []
     assert report["calls"]["warmup"] > 0  # warm-up calls come on top of -n and are counted apart
+    largest_request = len(b'{"func":"add_numbers","args":[1,2],"id":99999999}')
+    assert report["traffic"]["bytes_sent"] <= 2000 * largest_request  # the warm-up's bytes are left out too
     assert set(report["latency_ms"]) == LATENCY_KEYS
     assert {"cpu_pct", "loop_lag_ms", "bound"} <= set(report["generator"])
     config = report["config"]
@@ -535,3 +537,14 @@ def test_compare_html_overlays_two_runs(server: RunningServer, cli_env: dict[str
     assert result.returncode == 0, result.stderr
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and "base.json vs new.json" in text
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_report_file_failing_after_the_run_never_loses_the_run(
+    server: RunningServer, cli_env: dict[str, str]
+) -> None:
+    """--output /dev/full (opens, but every write fails): the error line, the report on stdout anyway, exit 1."""
+    result = synapse("bench", "-n", "200", "--warmup", "0", "--output", "/dev/full", "--url", server.url, env=cli_env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("synapse: error: cannot write /dev/full: No space left on device")
+    assert json.loads(result.stdout)["calls"]["measured"] == 200
