@@ -468,7 +468,7 @@ def bench_run(
     insecure: InsecureTLSOption = False,
 ) -> None:
     """Benchmark a function: closed model (-n/-z, -c) or open model (--rate), with an HDR latency histogram."""
-    from synapse_cli import bench, bench_options
+    from synapse_cli import bench, bench_options, bench_processes
 
     if func is not None and func.startswith("-"):
         raise UsageError(f"no such option: {func}")
@@ -488,7 +488,7 @@ def bench_run(
         cafile=str(cafile) if cafile else None, insecure=insecure, procs=procs, mix=checked.mix, data=data,
         shard=checked.shard, start_at=checked.start_at,
     )  # fmt: skip
-    config = bench.sharded(config)
+    config = bench_processes.sharded(config)
     if find_max:
         raise typer.Exit(_find_max(config, checked.rules, json_output))
     report = _bench(config)
@@ -563,13 +563,13 @@ def _find_max(config: Any, rules: Any, json_output: bool) -> int:
 @contextlib.contextmanager
 def _target(config: Any, stderr: Any) -> Any:
     """The config with its URL: the given one, or an embedded server's for the block's duration."""
-    from synapse_cli import bench
+    from synapse_cli import bench_processes
 
     if config.url:
         yield config
         return
     try:
-        with bench.embedded_server() as url:
+        with bench_processes.embedded_server() as url:
             stderr.print(f"no --url: benchmarking an embedded synapse server at {url} (stopped afterwards)")
             yield dataclasses.replace(config, url=url)
     except SynapseError as exc:
@@ -577,16 +577,13 @@ def _target(config: Any, stderr: Any) -> Any:
 
 
 def _run_bench(config: Any, stderr: Any, *, quiet: bool = False) -> Any:
-    from synapse_cli import bench
+    from synapse_cli import bench, bench_processes
 
+    run = bench_processes.run_bench_procs if config.procs > 1 else bench.run_bench
+    bar = render.BenchProgress(stderr) if stderr.is_terminal and not quiet else None
     try:
-        if config.procs > 1:
-            bar = render.BenchProgress(stderr) if stderr.is_terminal and not quiet else None
-            with bar or contextlib.nullcontext():
-                return bench.run_bench_procs(config, progress=bar.update if bar else None)
-        bar = render.BenchProgress(stderr) if stderr.is_terminal and not quiet else None
         with bar or contextlib.nullcontext():
-            return bench.run_bench(config, progress=bar.update if bar else None)
+            return run(config, progress=bar.update if bar else None)
     except SynapseError as exc:
         _fail(*_describe(exc))
     except KeyboardInterrupt:
