@@ -612,8 +612,11 @@ def _report(run: _Run) -> BenchReport:
         schedule_lag = run.schedule_lag.flush()
         planned = run.open_schedule.shape.duration or duration  # a shape's target is over the shape, not the drain
         target = run.open_schedule.target(0.0, min(duration, planned)) if duration else 0.0
+        # Sent over the time calls were due (-z, a shape), not over the drain of the last replies after it.
+        due_end = schedule.measure_end
+        sending = min(duration, (due_end - start) / _NS) if due_end is not None else duration
         report.rate = RateResult(
-            target=round(target, 2), achieved=round(run.sent / duration, 2) if duration else 0.0,
+            target=round(target, 2), achieved=round(run.sent / sending, 2) if sending else 0.0,
             late_sends=run.late_sends, not_sent=run.not_sent,
         )  # fmt: skip
         report.service_latency_ms = stats.summarize(service)
