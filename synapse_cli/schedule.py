@@ -169,6 +169,7 @@ class _Phases:
         self.measure_start = 0 if self.warming else t0
         self.measure_end: int | None = None if self.warming or duration is None else t0 + int(duration * _NS)
         self.started = 0  # measured calls started (or scheduled, in the open model)
+        self.limit = calls or 0  # -n (0 with -z)
 
     def _begin_measuring(self, now: int) -> None:
         self.warming = False
@@ -180,7 +181,7 @@ class _Phases:
         """Whether a measured call may start at ``at``."""
         if self.measure_end is not None:
             return at < self.measure_end
-        return self.started < (self.calls or 0)
+        return self.started < self.limit
 
 
 class ClosedSchedule(_Phases):

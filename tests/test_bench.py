@@ -391,7 +391,7 @@ def test_rate_far_beyond_reach_stops_at_z_and_says_so(server: RunningServer, cli
     report = bench_json("--rate", "200000", "-z", "1s", "-c", "8", "--warmup", "0", "--url", server.url,
                         env=cli_env, status=1)  # fmt: skip
     assert time.monotonic() - started < 6  # process start and connect included; the measuring stopped at 1 s
-    assert report["duration_s"] == pytest.approx(1.0, abs=0.2)
+    assert 1.0 <= report["duration_s"] <= 1.5  # the last replies, on a loop busy scheduling 200,000 calls/s
     rate = report["rate"]
     assert rate["not_sent"] > 100_000 and rate["achieved"] < 0.9 * rate["target"]
     assert report["calls"]["errors"] == 0  # no call failed: they were never sent
