@@ -8,6 +8,7 @@ it is also copied there (the README's picture is made that way).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -38,7 +39,7 @@ def runs() -> Iterator[list[BenchReport]]:
         ramp = BenchConfig(url=server.url, calls=None, shape=parse_rate("200:1s, 200->600:2s"), warmup=0.5, mix=mix)
         constant = BenchConfig(url=server.url, calls=None, duration=2.0, rate=300, warmup=0.5)
         with running_server() as builtins:
-            yield [run_bench(ramp), run_bench(BenchConfig(**{**constant.__dict__, "url": builtins.url}))]
+            yield [run_bench(ramp), run_bench(dataclasses.replace(constant, url=builtins.url))]
 
 
 def test_the_page_stands_alone(runs: list[BenchReport]) -> None:
