@@ -51,9 +51,6 @@ PIPELINED_TARGET = 1.0  # issue 5 (benchmarks/README.md): ≥ 1.0x bare Starlett
 SEQUENTIAL_TARGET = 1.1  # issue 5: ≤ 1.1x bare Starlette's µs per sequential call, three-key shape
 CLIENT_TARGET = 0.8  # issue 5: Client + gather ≥ 0.8x a bare pipelined websockets loop
 BENCH_TARGET = 1.0  # issue 13: the load generator is still at least as fast as a bare picows loop
-NODE_HINT = (
-    "\n  install Node.js and npm (Debian: apt-get install nodejs npm), then: (cd benchmarks/node && npm install)"
-)
 
 
 @dataclass
@@ -286,11 +283,9 @@ def main() -> None:
         try:
             lines += section(options.quick)
         except SystemExit as exc:  # the scripts stop with SystemExit("why") on setup failures: the why, no traceback
-            needs_node = "Node" in str(exc)
-            print(f"{name}: {'skipped' if needs_node else 'failed'}: {exc}{NODE_HINT if needs_node else ''}")
-            lines.append(Summary(f"{name}: {'skipped, needs Node' if needs_node else 'failed'} (see above)", "—", "—",
-                                 None, "—", None if needs_node else False))  # fmt: skip
-            failed = failed or not needs_node
+            print(f"{name}: failed: {exc}")
+            lines.append(Summary(f"{name}: failed (see above)", "—", "—", None, "—", False))
+            failed = True
         except Exception as exc:
             traceback.print_exc()
             lines.append(Summary(f"{name}: failed ({type(exc).__name__}, see above)", "—", "—", None, "—", False))
