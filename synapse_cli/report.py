@@ -199,7 +199,7 @@ class BenchReport:
         """The per-second histograms in the standard HdrHistogram interval log format (values in µs).
 
         Written with hdrh's own :class:`HistogramLogWriter`; timestamps are seconds since the start of
-        measuring, with the wall-clock start as the log's StartTime and BaseTime.
+        measuring, the log's StartTime (wall clock).
         """
         import io
         from datetime import datetime, timezone
@@ -212,8 +212,9 @@ class BenchReport:
         writer.output_comment(f"Logged by synapse bench: {self.config.get('func')} at {self.config.get('url')}")
         writer.output_log_format_version()
         when = datetime.fromtimestamp(start, timezone.utc).isoformat()
-        writer.output_comment(f"[StartTime: {start:.3f} (seconds since epoch), {when}]")
-        writer.output_base_time(start * 1000)
+        # Timestamps relative to StartTime, with no BaseTime line: readers then take StartTime as the base
+        # (HdrHistogram's rule for relative logs), so no rounding can put the first interval before the start.
+        writer.output_comment(f"[StartTime: {start:.6f} (seconds since epoch), {when}]")
         writer.output_legend()
         for interval in self.timeseries:
             histogram = stats.decode_histogram(interval.histogram)

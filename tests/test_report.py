@@ -303,10 +303,11 @@ def test_check_slo_fails_a_percentile_it_cannot_know() -> None:
 # -- the HdrHistogram interval log -----------------------------------------------------------------
 
 
-def test_hdr_log_reads_back_with_hdrhistograms_own_log_reader(tmp_path: Path) -> None:
-    """--hdr-log's text is read by hdrh's HistogramLogReader: same intervals, same counts, same start time."""
+@pytest.mark.parametrize("start", [1_700_000_000.5, 1_700_000_000.4996, 1_700_000_000.0000004])
+def test_hdr_log_reads_back_with_hdrhistograms_own_log_reader(tmp_path: Path, start: float) -> None:
+    """--hdr-log's text is read by hdrh's HistogramLogReader: every interval (the first too), same counts and start."""
     report = make_report([100] * 30)
-    report.window = Window(1_700_000_000.5, 1_700_000_002.5)
+    report.window = Window(start, start + 2)
     report.timeseries = [interval(0.0, [100] * 10), interval(1.0, [250] * 20)]
     path = tmp_path / "run.hlog"
     path.write_text(report.hdr_log())
@@ -317,7 +318,7 @@ def test_hdr_log_reads_back_with_hdrhistograms_own_log_reader(tmp_path: Path) ->
         assert reader.get_next_interval_histogram() is None
     finally:
         reader.close()
-    assert reader.get_start_time_sec() == pytest.approx(1_700_000_000.5, abs=1e-3)
+    assert reader.get_start_time_sec() == pytest.approx(start, abs=1e-6)
     assert (first.get_total_count(), second.get_total_count()) == (10, 20)
     assert recorded(second) == recorded(histogram_of([250] * 20))
-    assert second.get_start_time_stamp() == pytest.approx((1_700_000_000.5 + 1.0) * 1000, abs=1)
+    assert second.get_start_time_stamp() == pytest.approx((start + 1.0) * 1000, abs=1)
