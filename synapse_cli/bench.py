@@ -384,7 +384,11 @@ class _Run:
         now = time.perf_counter_ns()
         limit = self.config.concurrency
         live = [listener for listener in self.listeners if not listener.closed]
-        if live:
+        if schedule.measure_end is not None and now >= schedule.measure_end:
+            # The run ends at -z: what could not go out by then is counted, never sent late after the end.
+            self.not_sent += len(self.backlog) + schedule.abandon()
+            self.backlog.clear()
+        elif live:
             for scheduled, warm in schedule.due(now):
                 self._notice_measuring()
                 if self.in_flight_total < limit:
@@ -396,9 +400,6 @@ class _Run:
                     self.backlog.append(scheduled)
         self._notice_measuring()
         self._expire_backlog(now)
-        if schedule.measure_end is not None and now >= schedule.measure_end and self.backlog:
-            self.not_sent += len(self.backlog)  # the run ends at -z: what could not go out by then is counted
-            self.backlog.clear()
         self.check_finished()
         if not self.done.done():
             # The loop's timers have millisecond resolution: wake at the next due call, at most 1 ms
@@ -585,7 +586,11 @@ def _report(run: _Run) -> BenchReport:
     if run.open_schedule is None and run.last_reply and config.duration is None:
         end = run.last_reply  # -n: the last reply, not the moment the connections were closed
     elif schedule.measure_end is not None:
-        end = min(end, max(schedule.measure_end, run.last_reply))
+        # -z or a shape: measuring lasted until the planned end (and the replies after it), unless the run broke
+        # off before it (every connection lost); an open schedule that ran out of calls did last until its end.
+        ran_out = run.open_schedule is not None and run.open_schedule.next_due() is None
+        if ran_out or end >= schedule.measure_end:
+            end = max(schedule.measure_end, run.last_reply)
     start = schedule.measure_start
     tally.finish(end)
     duration = max((end - start) / _NS, 1e-9) if run.measuring else 0.0

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 __all__ = ["ClosedSchedule", "LoadShape", "OpenSchedule", "Stage", "parse_duration", "parse_rate"]
 
@@ -89,6 +90,10 @@ class LoadShape:
                 return stage.start or stage.end
         return 0.0
 
+    @cached_property
+    def _table(self) -> tuple[list[float], list[float]]:
+        return self._bounds()
+
     def _bounds(self) -> tuple[list[float], list[float]]:
         starts, counts, time, total = [], [], 0.0, 0.0
         for stage in self.stages:
@@ -101,7 +106,7 @@ class LoadShape:
 
     def rate_at(self, elapsed: float) -> float:
         """Target calls/s at ``elapsed`` seconds (0 past the end)."""
-        starts, _ = self._bounds()
+        starts, _ = self._table
         index = bisect.bisect_right(starts, elapsed) - 1
         if index < 0 or (self.duration is not None and elapsed >= self.duration):
             return 0.0
@@ -112,7 +117,7 @@ class LoadShape:
 
     def calls_until(self, elapsed: float) -> float:
         """Calls due in the first ``elapsed`` seconds."""
-        starts, counts = self._bounds()
+        starts, counts = self._table
         index = bisect.bisect_right(starts, elapsed) - 1
         if index < 0:
             return 0.0
@@ -121,7 +126,9 @@ class LoadShape:
 
     def time_of(self, index: int) -> float | None:
         """Seconds after the start at which call ``index`` (from 0) is due; None past the shape's end."""
-        starts, counts = self._bounds()
+        if len(self.stages) == 1 and math.isinf(self.stages[0].duration):
+            return index / self.stages[0].start  # a constant rate: the open model's hot path
+        starts, counts = self._table
         stage_index = bisect.bisect_right(counts, index) - 1  # the last stage starting at or before it
         stage = self.stages[stage_index]
         offset = stage.time_of(index - counts[stage_index])
@@ -232,6 +239,15 @@ class OpenSchedule(_Phases):
                 self.index += 1
                 self.started += 1
                 yield due, False
+
+    def abandon(self) -> int:
+        """Measuring is over: the calls that were due before its end but never handed out (counted, not sent)."""
+        if self.warming or self.measure_end is None:
+            return 0
+        due = math.ceil(self.shape.calls_until((self.measure_end - self.measure_start) / _NS))
+        left = max(0, due - self.index)
+        self.index += left
+        return left
 
     def target(self, start: float, end: float) -> float:
         """The target rate (calls/s) between ``start`` and ``end`` seconds of measuring."""

@@ -390,7 +390,7 @@ def test_rate_far_beyond_reach_stops_at_z_and_says_so(server: RunningServer, cli
     started = time.monotonic()
     report = bench_json("--rate", "200000", "-z", "1s", "-c", "8", "--warmup", "0", "--url", server.url,
                         env=cli_env, status=1)  # fmt: skip
-    assert time.monotonic() - started < 6  # process start and connect included; the measuring stopped at 1 s
+    assert time.monotonic() - started < 15  # process start included; before, -z was ignored and this took minutes
     assert 1.0 <= report["duration_s"] <= 1.5  # the last replies, on a loop busy scheduling 200,000 calls/s
     rate = report["rate"]
     assert rate["not_sent"] > 100_000 and rate["achieved"] < 0.9 * rate["target"]
@@ -438,7 +438,7 @@ def test_shards_started_together_merge_into_one_run(
     server: RunningServer, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Two `--shard I/2 -n 3000 --start-at T` processes merge into 3,000 calls, like one `-n 3000` run."""
-    start_at = time.time() + 3
+    start_at = time.time() + 6  # time for two processes to start and connect on a busy machine
     shards = [
         subprocess.Popen(
             [
@@ -472,7 +472,7 @@ def test_shards_started_together_merge_into_one_run(
     parts = [json.loads((tmp_path / f"shard{index}.json").read_text()) for index in range(2)]
     assert [part["calls"]["measured"] for part in parts] == [1500, 1500]
     assert [part["config"]["shard"] for part in parts] == ["0/2", "1/2"]
-    assert all(abs(part["window"]["start"] - start_at) < 0.05 for part in parts)
+    assert all(abs(part["window"]["start"] - start_at) < 0.1 for part in parts), [p["window"] for p in parts]
     result = synapse("bench", "merge", *(str(tmp_path / f"shard{index}.json") for index in range(2)), env=cli_env)
     assert result.returncode == 0 and result.stderr == ""  # the windows overlap: no warning
     merged = json.loads(result.stdout)
