@@ -178,7 +178,7 @@ class _Listener(WSListener):
         run.bytes_received += len(payload)
         run.in_flight_total -= 1
         run.last_reply = now
-        run.tally.record(now, (now - entry[0]) // 1000, True, entry[3])
+        run.record(now, (now - entry[0]) // 1000, True, entry[3])
         schedule = run.closed_schedule  # ClosedSchedule.admit inlined (measuring: no warm-up to leave)
         end = schedule.measure_end
         if (now < end) if end is not None else (schedule.started < schedule.limit):
@@ -193,10 +193,12 @@ class _Listener(WSListener):
         run = self.run
         self.next_id += 1
         request_id = self.next_id
-        if run.mix_order is None:
-            call, data = 0, run.templates[0] % request_id
+        order = run.mix_order
+        if order is None:
+            call = 0
+            data = run.template % request_id
         else:
-            call = run.mix_order[run.mix_position % len(run.mix_order)]
+            call = order[run.mix_position % len(order)]
             run.mix_position += 1
             data = run.templates[call] % request_id
         now = time.perf_counter_ns()
@@ -239,6 +241,7 @@ class _Run:
         self.progress = progress
         calls = config.calls_mixed
         self.templates = [_template(call, config.dialect) for call in calls]
+        self.template = self.templates[0]  # the only one without --data: the hot path skips the list
         self.mix_order = _mix_order(calls)
         self.mix_position = 0
         function_names = list(dict.fromkeys(call.func for call in calls))
@@ -257,6 +260,7 @@ class _Run:
             self.closed_schedule = ClosedSchedule(t0, config.warmup, config.calls, config.duration)
         target = self.open_schedule.target if self.open_schedule is not None else None
         self.tally = Tally(highest_us=highest_us, functions=function_names, target=target)
+        self.record = self.tally.record  # bound once: the hot path calls it for every reply
         self.lag = stats.Recorder(highest_us)
         self.schedule_lag = stats.Recorder(highest_us)
         self.warm_done = 0
@@ -328,7 +332,7 @@ class _Run:
         else:
             self.bytes_received += size
             self.last_reply = now
-            self.tally.record(now, (now - scheduled) // 1000, error is None, self.function_of[call])
+            self.record(now, (now - scheduled) // 1000, error is None, self.function_of[call])
             if self.open_schedule is not None:
                 self.tally.service.record((now - sent) // 1000)
             if error is not None:
@@ -460,7 +464,7 @@ class _Run:
         elapsed = (now - schedule.measure_start) / _NS if self.measuring else 0.0
         done = self.tally.ok + self.tally.failed
         planned = schedule.duration
-        recent = [(i.calls_per_s, i.latency_ms["p99"]) for i in self.tally.intervals[-60:]]
+        recent = self.tally.recent(60)
         self.progress(
             Progress(
                 done=done, total=self.config.calls if planned is None else None, elapsed=elapsed, planned=planned,
