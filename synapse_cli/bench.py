@@ -39,6 +39,7 @@ from synapse_cli.tally import Tally
 __all__ = ["BenchConfig", "Call", "Progress", "run_bench"]
 
 _NS = 1_000_000_000
+_LAST_TICK_NS = 5_000_000  # at -z, calls due within this of the end still go (the timers' own lateness)
 _MIX_LENGTH = 10_000  # weighted draws are made once, in this many, then cycled
 
 
@@ -388,11 +389,12 @@ class _Run:
         now = time.perf_counter_ns()
         limit = self.config.concurrency
         live = [listener for listener in self.listeners if not listener.closed]
-        if schedule.measure_end is not None and now >= schedule.measure_end:
-            # The run ends at -z: what could not go out by then is counted, never sent late after the end.
-            self.not_sent += len(self.backlog) + schedule.abandon()
-            self.backlog.clear()
-        elif live:
+        ended = schedule.measure_end is not None and now >= schedule.measure_end
+        if ended:
+            # The run ends at -z: calls due more than a tick ago were beyond the generator; they are counted
+            # as not sent (never sent late, after the end). The last tick's calls go out as usual.
+            self.not_sent += schedule.skip_until(now - _LAST_TICK_NS)
+        if live:
             for scheduled, warm in schedule.due(now):
                 self._notice_measuring()
                 if self.in_flight_total < limit:
@@ -403,6 +405,9 @@ class _Run:
                 elif not warm:
                     self.backlog.append(scheduled)
         self._notice_measuring()
+        if ended:
+            self.not_sent += len(self.backlog)
+            self.backlog.clear()
         self._expire_backlog(now)
         self.check_finished()
         if not self.done.done():

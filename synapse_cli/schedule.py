@@ -240,14 +240,14 @@ class OpenSchedule(_Phases):
                 self.started += 1
                 yield due, False
 
-    def abandon(self) -> int:
-        """Measuring is over: the calls that were due before its end but never handed out (counted, not sent)."""
-        if self.warming or self.measure_end is None:
+    def skip_until(self, at: int) -> int:
+        """Pass over the calls due before ``at`` (ns) not handed out yet; how many (the run counts them unsent)."""
+        if self.warming:
             return 0
-        due = math.ceil(self.shape.calls_until((self.measure_end - self.measure_start) / _NS))
-        left = max(0, due - self.index)
-        self.index += left
-        return left
+        first = math.ceil(self.shape.calls_until(max(0, at - self.measure_start) / _NS))
+        skipped = max(0, first - self.index)
+        self.index += skipped
+        return skipped
 
     def target(self, start: float, end: float) -> float:
         """The target rate (calls/s) between ``start`` and ``end`` seconds of measuring."""

@@ -102,3 +102,12 @@ def test_open_schedule_stops_at_n_calls_or_the_duration() -> None:
     assert len(list(by_count.due(10 * NS))) == 5
     by_time = OpenSchedule(0, 0.0, parse_rate("100"), None, 1.0)
     assert len(list(by_time.due(10 * NS))) == 100
+
+
+def test_skip_until_passes_over_calls_the_generator_never_reached() -> None:
+    """At 1,000/s with 10 calls handed out, skipping until 25 ms passes over calls 10..24 (15), then hands out 25."""
+    schedule = OpenSchedule(0, 0.0, parse_rate("1000"), None, 1.0)
+    assert len(list(schedule.due(9_500_000))) == 10
+    assert schedule.skip_until(25_000_000) == 15
+    assert schedule.next_due() == 25_000_000
+    assert schedule.skip_until(20_000_000) == 0  # nothing left before that
