@@ -104,7 +104,9 @@ def test_find_max_lands_within_10_percent_of_a_known_capacity(capacity_server: R
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)["find_max"]
     probes = found["probes"]
-    assert len(probes) <= 8, probes
+    rates = [probe["rate"] for probe in probes]
+    repeats = sum(1 for before, after in zip(rates, rates[1:], strict=False) if before == after)
+    assert len(probes) - repeats <= 8 and repeats <= 1, probes  # a near miss may be probed twice
     assert 360 <= found["rate"] <= 440, probes
     assert found["generator_bound"] is False
     assert {"rate", "achieved", "p50_ms", "p99_ms", "errors", "met"} <= set(probes[0])
