@@ -17,10 +17,8 @@ Every measured call lands in one :class:`~synapse_cli.tally.Tally` (totals, seco
 from __future__ import annotations
 
 import asyncio
-import os
 import platform
 import random
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,10 +26,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
-from picows import WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
+from picows import WSListener, WSMsgType, ws_connect
 
 from synapse_cli import __version__, stats
 from synapse_cli.errors import ConnectError
+from synapse_cli.foreign import mapped, tls_context
 from synapse_cli.report import BenchReport, CallCounts, Generator, RateResult, Traffic, Window
 from synapse_cli.schedule import ClosedSchedule, LoadShape, OpenSchedule
 from synapse_cli.tally import Tally
@@ -502,39 +501,21 @@ class _Run:
 # -- running ---------------------------------------------------------------------------------------
 
 
-def _ssl_context(config: BenchConfig) -> ssl.SSLContext | None:
-    if not config.url.startswith("wss://"):
-        return None
-    context = ssl.create_default_context(cafile=config.cafile)
-    if config.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 async def _connect(run: _Run, config: BenchConfig) -> None:
     count = config.connection_count
     windows = [config.concurrency // count + (1 if i < config.concurrency % count else 0) for i in range(count)]
     headers = {"Authorization": f"Bearer {config.token}"} if config.token else None
 
     async def one(window: int) -> _Listener:
-        try:
+        with mapped(config.url):  # the one map of foreign errors (client, bench and CLI alike)
             _, listener = await ws_connect(
                 lambda: _Listener(run, window),
                 config.url,
-                ssl_context=_ssl_context(config),
+                ssl_context=tls_context(config.url, cafile=config.cafile, insecure=config.insecure),
                 extra_headers=headers,
                 websocket_handshake_timeout=config.timeout,
                 max_frame_size=64 * 2**20,
             )
-        except WSInvalidStatusError as exc:
-            status = getattr(getattr(exc, "response", None), "status", None)
-            code = int(status) if status is not None else None
-            raise ConnectError(f"{config.url}: handshake rejected: HTTP {code}", url=config.url, status=code) from exc
-        except (OSError, asyncio.TimeoutError, WSError, ValueError) as exc:
-            errno = getattr(exc, "errno", None)
-            reason = os.strerror(errno) if errno else str(exc) or type(exc).__name__
-            raise ConnectError(f"cannot connect to {config.url}: {reason}", url=config.url) from exc
         if not isinstance(listener, _Listener):  # picows gives no listener when the peer hung up
             raise ConnectError(f"cannot connect to {config.url}: the server closed the connection", url=config.url)
         return listener
