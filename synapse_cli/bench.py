@@ -167,7 +167,10 @@ class _Listener(WSListener):
         this one only skips what that path would check for the common case, with the same counts.
         """
         now = time.perf_counter_ns()
-        reply = orjson.loads(payload)
+        try:
+            reply = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return False  # the general path counts it as a protocol error
         if type(reply) is not dict or reply.get("error") is not None:
             return False
         request_id = reply.get("id")

@@ -521,6 +521,10 @@ def _bench_status(report: Any, rules: Any, written: bool) -> int:
         sys.stderr.write(render.error_line(f"SLO not met: {failure}") + "\n")
     if rules and failures:
         return ExitStatus.SLO_NOT_MET
+    if not report.calls.measured:  # never report a number that was not measured as a success
+        reason = "every connection closed or stopped answering before measuring began (see the warm-up)"
+        sys.stderr.write(render.error_line(f"no call was measured: {reason}") + "\n")
+        return ExitStatus.ERROR
     if not written or report.calls.errors or _shortfall(report):
         return ExitStatus.ERROR
     return ExitStatus.OK

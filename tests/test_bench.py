@@ -548,3 +548,57 @@ def test_a_report_file_failing_after_the_run_never_loses_the_run(
     assert result.returncode == 1
     assert result.stderr.startswith("synapse: error: cannot write /dev/full: No space left on device")
     assert json.loads(result.stdout)["calls"]["measured"] == 200
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "expected"),
+    [
+        ("close", ["--warmup", "1"], "synapse: error: no call was measured"),
+        ("junk", ["--warmup", "0", "--timeout", "1"], None),
+    ],
+)
+def test_bench_stays_honest_against_a_misbehaving_server(mode: str, options: list[str], expected: str | None) -> None:
+    """A server closing every connection in the warm-up makes bench exit 1 saying why (not 0 with no call);
+    replies that are not JSON are counted as protocol errors, with no traceback."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import APPS, synapse_executable, wait_for
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, str(APPS / "misbehaving_server.py"), str(port), mode], stderr=subprocess.DEVNULL
+    )
+    try:
+        assert wait_for(lambda: _listening(port), 10)
+        done = subprocess.run(
+            [synapse_executable(), "bench", "--url", f"ws://127.0.0.1:{port}/ws", "-n", "20", "--json", *options],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.kill()
+        server.wait(10)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    if expected is not None:
+        assert expected in done.stderr and report["calls"]["measured"] == 0
+    else:
+        assert report["calls"]["errors"] == 20
+        assert {"kind": "protocol", "code": None, "count": 20, "first_message": "reply is not JSON"} in report["errors"]
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
