@@ -24,7 +24,7 @@ import itertools
 import logging
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -40,6 +40,9 @@ from synapse_cli.logs import SafeLogFilter
 from synapse_cli.server import SUBPROTOCOL
 
 if TYPE_CHECKING:
+    import uvicorn
+    import uvicorn.server
+
     from synapse_cli.server import ServerState
 
 __all__ = [
@@ -73,7 +76,13 @@ class _WebSocket:
 
     state: ServerState  # set on the class :func:`websocket_protocol` makes
 
-    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: uvicorn.server.ServerState,
+        app_state: dict[str, Any] | None = None,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         settings = self.state.settings
         self.server_state = server_state  # uvicorn's: its shutdown calls our ``shutdown``
         self.loop = _loop or asyncio.get_running_loop()
@@ -103,7 +112,8 @@ class _WebSocket:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server_state.connections.add(self)
+        # uvicorn types this set as its own protocols; the class given as Config(ws=...) joins it all the same
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
         client = transport.get_extra_info("peername")
         if isinstance(client, tuple):
             self.peer = f"{client[0]}:{client[1]}"
@@ -411,7 +421,7 @@ class _WebSocket:
 
     # -- timers ------------------------------------------------------------------------------------
 
-    def _later(self, delay: float, callback: Any, *args: Any) -> None:
+    def _later(self, delay: float, callback: Callable[..., object], *args: Any) -> None:
         self._timers = [timer for timer in self._timers if not timer.cancelled()]
         self._timers.append(self.loop.call_later(delay, callback, *args))
 
@@ -443,7 +453,7 @@ def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]
     return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
-def websocket_protocol(state: ServerState) -> type[Any]:
+def websocket_protocol(state: ServerState) -> type[asyncio.Protocol]:
     """The class for ``uvicorn.Config(ws=...)``: our WebSocket protocol, serving ``state``."""
     return type("SynapseWebSocket", (_WebSocket, asyncio.Protocol), {"state": state})
 
@@ -451,10 +461,16 @@ def websocket_protocol(state: ServerState) -> type[Any]:
 class _GuardedHTTP(asyncio.Protocol):
     """uvicorn's HTTP protocol, with a deadline and a size bound on every request's head."""
 
-    inner_class: Any
+    inner_class: Callable[..., asyncio.Protocol]
     deadline: float
 
-    def __init__(self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: uvicorn.server.ServerState,
+        app_state: dict[str, Any] | None = None,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.inner = self.inner_class(config=config, server_state=server_state, app_state=app_state, _loop=_loop)
         self.loop = _loop or asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -538,7 +554,7 @@ def _expire(reference: weakref.ref[_GuardedHTTP]) -> None:
         protocol._refuse(None)
 
 
-def guarded_http_protocol(deadline: float) -> type[Any]:
+def guarded_http_protocol(deadline: float) -> type[asyncio.Protocol]:
     """The class for ``uvicorn.Config(http=...)``: uvicorn's ``auto`` HTTP protocol, guarded."""
     from uvicorn.config import HTTP_PROTOCOLS
     from uvicorn.importer import import_from_string
