@@ -452,6 +452,11 @@ def bench_run(
     warmup: Annotated[str, typer.Option(help="Warm-up before measuring (excluded from results).")] = "1s",
     rate: Annotated[str | None, typer.Option(help='Open model: calls/s, or stages "200:10s, 200->5000:60s".')] = None,
     find_max: Annotated[bool, typer.Option("--find-max", help="Search the highest rate meeting --slo.")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="FUNC streams: measure items/s and the gaps.")] = False,
+    topic: Annotated[str | None, typer.Option(help="Measure a topic's fan-out latency (publish to receipt).")] = None,
+    subscribers: Annotated[int, typer.Option(min=1, help="Topic subscribers, one connection each.")] = 100,
+    publish_rate: Annotated[float, typer.Option(min=0.001, help="Topic publishes per second.")] = 10.0,
+    publish_func: Annotated[str, typer.Option(help="Function that publishes to --topic.")] = "publish_event",
     timeout: TimeoutOption = 10.0,
     procs: Annotated[int, typer.Option(min=1, help="Load processes; histograms merged exactly.")] = 1,
     shard: Annotated[str | None, typer.Option(help="Run part I (from 0) of N of the load, e.g. 0/4.")] = None,
@@ -472,6 +477,10 @@ def bench_run(
 
     if func is not None and func.startswith("-"):
         raise UsageError(f"no such option: {func}")
+    if stream or topic is not None:
+        raise typer.Exit(_bench_streams(func, args or [], url, token, timeout, duration, connections, json_output,
+                                        stream=stream, topic=topic, subscribers=subscribers,
+                                        publish_rate=publish_rate, publish_func=publish_func))  # fmt: skip
     options = bench_options.BenchOptions(
         func=func, args=args or [], args_json=args_json, data=data, calls=calls, duration=duration,
         rate=rate, find_max=find_max, shard=shard, start_at=start_at, slo=slo, procs=procs,
@@ -494,6 +503,43 @@ def bench_run(
     report = _bench(config)
     written = _write_report(report, output, json_output, html=html, hdr_log=hdr_log)
     raise typer.Exit(_bench_status(report, checked.rules, written))
+
+
+def _bench_streams(
+    func: str | None, args: list[str], url: str | None, token: str | None, timeout: float, duration: str | None,
+    connections: int | None, json_output: bool, *, stream: bool, topic: str | None, subscribers: int,
+    publish_rate: float, publish_func: str,
+) -> int:  # fmt: skip
+    """`bench --stream` / `bench --topic`: measure, render, exit code (1 when nothing arrived or errors)."""
+    from synapse_cli import bench_processes, bench_streams
+
+    if stream and topic is not None:
+        raise UsageError("--stream and --topic measure different things: give one")
+    if stream and func is None:
+        raise UsageError("--stream needs FUNC, a stream function (e.g. synapse bench ticks 1000 0 --stream)")
+    seconds = parse_duration(duration) if duration else None
+    stderr = render.console(stderr=True)
+    with contextlib.ExitStack() as stack:
+        if not url:
+            url = stack.enter_context(bench_processes.embedded_server())
+            stderr.print(f"no --url: benchmarking an embedded synapse server at {url} (stopped afterwards)")
+        if topic is not None:
+            measuring = bench_streams.measure_topic(
+                url, topic, subscribers=subscribers, publish_rate=publish_rate, duration=seconds or 5.0,
+                publish_func=publish_func, token=token, timeout=timeout,
+            )  # fmt: skip
+        else:
+            assert func is not None
+            measuring = bench_streams.measure_stream(
+                url, func, parse_call_args(args, None), connections=connections or 1, duration=seconds, token=token,
+                timeout=timeout,
+            )  # fmt: skip
+        report = _run(measuring)
+    if _wants_json(json_output):
+        render.write_json(report.to_json())
+    else:
+        render.console().print(render.stream_report(report))
+    return ExitStatus.ERROR if report.errors or not report.items else ExitStatus.OK
 
 
 def _check_writable(paths: list[Path | None]) -> None:

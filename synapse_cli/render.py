@@ -38,6 +38,7 @@ __all__ = [
     "rpc_error_text",
     "serve_banner",
     "signature",
+    "stream_report",
     "sparkline",
     "tolerant_streams",
     "type_of",
@@ -173,6 +174,30 @@ def signature(function: dict[str, Any]) -> str:
     if function.get("stream") is True:  # a stream function: its result schema is one item's
         result = f"stream of {result}"
     return f"{function['name']}({', '.join(parts)}) -> {result}"
+
+
+def stream_report(report: Any) -> Any:
+    """The table of a ``bench --stream`` / ``bench --topic`` run."""
+    from rich.table import Table
+
+    table = Table(title=f"{report.mode}: {plain(report.target)}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("connections", f"{report.connections:,}"),
+        ("seconds", f"{report.seconds:.2f}"),
+        ("items received", f"{report.items:,}"),
+        ("items/s", f"{report.items_per_s:,.0f}"),
+    ]
+    if report.mode == "topic":
+        rows += [("published", f"{report.published:,}"), ("missed, max per subscriber", f"{report.missed['max']:,}")]
+        rows += [("missed, total", f"{report.missed['total']:,}")]
+    label, values = ("latency ms", report.latency_ms) if report.mode == "topic" else ("gap ms", report.gap_ms)
+    rows += [(f"{label} {key}", "-" if value is None else f"{value:.3f}") for key, value in values.items()]
+    rows += [("error", plain(error)) for error in report.errors]
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def functions_table(functions: Iterable[dict[str, Any]], *, title: str | None = None) -> Any:

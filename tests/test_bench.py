@@ -602,3 +602,41 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_bench_stream_reports_items_per_second_and_gaps(server: Any, cli_env: dict[str, str]) -> None:
+    """`synapse bench ticks 500 0 --stream --json`: every item counted, items/s and gap percentiles reported."""
+    import json
+    import subprocess
+
+    from conftest import synapse_executable
+
+    done = subprocess.run(
+        [synapse_executable(), "bench", "ticks", "500", "0", "--stream", "--url", server.url, "--json"],
+        capture_output=True, text=True, env=cli_env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["stream_bench"]
+    assert (report["mode"], report["target"], report["items"], report["errors"]) == ("stream", "ticks", 500, [])
+    assert report["items_per_s"] > 0 and report["gap_ms"]["p50"] is not None
+
+
+def test_bench_topic_reports_fan_out_latency_and_nothing_missed(server: Any, cli_env: dict[str, str]) -> None:
+    """`synapse bench --topic events --subscribers 20 --publish-rate 20 -z 1s`: every subscriber gets every
+    publish; latency percentiles come from the timestamp in each item."""
+    import json
+    import subprocess
+
+    from conftest import synapse_executable
+
+    command = [synapse_executable(), "bench", "--topic", "events", "--subscribers", "20", "--publish-rate", "20"]
+    done = subprocess.run(
+        [*command, "-z", "1s", "--url", server.url, "--json"], capture_output=True, text=True, env=cli_env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["stream_bench"]
+    assert report["mode"] == "topic" and report["connections"] == 20 and report["errors"] == []
+    assert report["published"] >= 10
+    assert report["missed"] == {"max": 0, "total": 0}
+    assert report["items"] == 20 * report["published"]
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
