@@ -143,6 +143,7 @@ def embedded_server(*, timeout: float = 20.0) -> Iterator[str]:
     """Run ``synapse serve`` (the built-ins) in a child process on a free loopback port; yield its URL."""
     port = _free_port()
     command = [sys.executable, "-m", "synapse_cli", "serve", "--port", str(port), "--log-level", "warning"]
+    command += ["--max-connections", "100000"]  # bench --topic --subscribers 1000 and more, plus a publisher
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
     try:
