@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hdrh.histogram import HdrHistogram
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
@@ -24,6 +25,7 @@ from synapse_cli import runner
 from synapse_cli.builtins import default_registry
 from synapse_cli.registry import Registry
 from synapse_cli.server import ServerState, Settings, bind_socket
+from synapse_cli.stats import new_histogram
 
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"
@@ -219,3 +221,19 @@ def close_code(ws: ClientConnection, timeout: float = 5.0) -> int:
             ws.recv(timeout=timeout)
     assert info.value.rcvd is not None
     return info.value.rcvd.code
+
+
+def histogram_of(values: list[int]) -> HdrHistogram:
+    """An HDR histogram of ``values`` (µs), recorded one by one the plain way."""
+    histogram = new_histogram()
+    for value in values:
+        histogram.record_value(value)
+    return histogram
+
+
+def recorded(histogram: HdrHistogram) -> dict[int, int]:
+    """Every distinct recorded value (its bucket's highest equivalent) with its count."""
+    return {
+        histogram.get_highest_equivalent_value(item.value_iterated_to): item.count_added_in_this_iter_step
+        for item in histogram.get_recorded_iterator()
+    }

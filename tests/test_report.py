@@ -7,29 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hdrh.histogram import HdrHistogram
+from conftest import histogram_of, recorded
 from hdrh.log import HistogramLogReader
 
 from synapse_cli import stats
 from synapse_cli.report import BenchReport, Interval, Window, check_slo, compare_reports, merge_reports
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def histogram_of(values: list[int]) -> HdrHistogram:
-    """An HDR histogram of ``values`` (µs), recorded one by one the plain way."""
-    histogram = stats.new_histogram()
-    for value in values:
-        histogram.record_value(value)
-    return histogram
-
-
-def recorded(histogram: HdrHistogram) -> dict[int, int]:
-    """Every distinct recorded value (its bucket's highest equivalent) with its count."""
-    return {
-        histogram.get_highest_equivalent_value(item.value_iterated_to): item.count_added_in_this_iter_step
-        for item in histogram.get_recorded_iterator()
-    }
 
 
 def version_1_document(

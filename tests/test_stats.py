@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hdrh.histogram import HdrHistogram
+from conftest import histogram_of, recorded
 
 from synapse_cli import stats
 from synapse_cli.stats import SloRule
@@ -14,22 +14,6 @@ HDR_PRECISION = 1e-3  # 3 significant digits: any value is within 0.1 % of the o
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def histogram_of(values: list[int]) -> HdrHistogram:
-    """An HDR histogram of ``values`` (µs), recorded one by one the plain way."""
-    histogram = stats.new_histogram()
-    for value in values:
-        histogram.record_value(value)
-    return histogram
-
-
-def recorded(histogram: HdrHistogram) -> dict[int, int]:
-    """Every distinct recorded value (its bucket's highest equivalent) with its count."""
-    return {
-        histogram.get_highest_equivalent_value(item.value_iterated_to): item.count_added_in_this_iter_step
-        for item in histogram.get_recorded_iterator()
-    }
 
 
 # -- recording and percentiles ---------------------------------------------------------------------
