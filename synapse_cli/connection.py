@@ -103,10 +103,7 @@ class Connection:
         if metrics is not None:
             metrics.received(text)
         if len(actions) == 1 and type(actions[0]) is Reply and self._idle is None:  # most messages: one reply
-            data = actions[0].data
-            self.link.write(data)
-            if metrics is not None:
-                metrics.sent(len(data))
+            self._write(actions[0].data)
         elif actions or self.session.saturated:
             self.act(actions)
 
@@ -127,10 +124,7 @@ class Connection:
         """Carry out what the session decided."""
         for action in actions:
             if type(action) is Reply:
-                data = action.data
-                self.link.write(data)
-                if self.metrics is not None:
-                    self.metrics.sent(len(data))
+                self._write(action.data)
             elif type(action) is Start:
                 self._start(action)
             elif type(action) is Stop:
@@ -140,6 +134,11 @@ class Connection:
         self.link.update_reading(self.session.saturated)
         if self._idle is not None and not self.session.calls:
             self._idle.set()
+
+    def _write(self, data: bytes) -> None:
+        self.link.write(data)
+        if self.metrics is not None:
+            self.metrics.sent(len(data))
 
     def _start(self, start: Start) -> None:
         loop = asyncio.get_running_loop()

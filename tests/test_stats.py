@@ -13,9 +13,6 @@ from synapse_cli.stats import SloRule
 HDR_PRECISION = 1e-3  # 3 significant digits: any value is within 0.1 % of the one recorded
 
 
-# -- helpers -------------------------------------------------------------------------------------
-
-
 # -- recording and percentiles ---------------------------------------------------------------------
 
 
