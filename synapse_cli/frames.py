@@ -48,27 +48,27 @@ class FrameError(Exception):
 
 
 class Frame:
-    """One complete frame: ``fin``, ``opcode``, and its bytes (``payload`` unmasked, ``raw`` as received)."""
+    """One complete frame: ``fin``, ``opcode``, ``payload`` (unmasked) and ``raw`` (the bytes as received)."""
 
-    __slots__ = ("fin", "opcode", "raw", "_start", "_mask")
+    __slots__ = ("fin", "opcode", "payload", "_buffer", "_start", "_end")
 
-    def __init__(self, fin: bool, opcode: int, raw: bytes, start: int, mask: bytes | None) -> None:
+    def __init__(self, fin: bool, opcode: int, payload: bytes, buffer: bytes, start: int, end: int) -> None:
         self.fin = fin
         self.opcode = opcode
-        self.raw = raw  # the whole frame, header included (to hand it on unchanged)
-        self._start = start  # where the payload begins in ``raw``
-        self._mask = mask
+        self.payload = payload
+        self._buffer = buffer  # what the frame was read from; ``raw`` is cut from it only when asked for
+        self._start = start
+        self._end = end
 
     @property
-    def payload(self) -> bytes:
-        """The application data, unmasked."""
-        data = self.raw[self._start :]
-        return mask_payload(data, self._mask) if self._mask else data
+    def raw(self) -> bytes:
+        """The whole frame as received, header and masking key included (to hand it on unchanged)."""
+        return self._buffer[self._start : self._end]
 
     @property
     def size(self) -> int:
         """The payload's length in bytes."""
-        return len(self.raw) - self._start
+        return len(self.payload)
 
     def __repr__(self) -> str:
         return f"Frame(fin={self.fin}, opcode={self.opcode:#x}, size={self.size})"
@@ -107,6 +107,22 @@ def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = 
     return header + key + mask_payload(payload, key)
 
 
+def _first_byte_problem(first: int) -> str | None:
+    """What is wrong with a frame's first byte (FIN, RSV1-3, opcode), or None."""
+    opcode = first & 0x0F
+    if first & 0x70:
+        return "reserved bits set (no extension was negotiated)"
+    if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES:
+        return f"unknown opcode {opcode:#x}"
+    if opcode in _CONTROL_OPCODES and not first & 0x80:
+        return "control frames are unfragmented and at most 125 bytes"
+    return None
+
+
+_FIRST_BYTE_PROBLEMS = tuple(_first_byte_problem(first) for first in range(256))
+_ZEROS = bytes(14)  # the longest header: 2 bytes, an 8-byte length, a 4-byte masking key
+
+
 class FrameReader:
     """Splits a byte stream into frames; keeps at most one incomplete frame (bounded by ``max_size``).
 
@@ -135,52 +151,76 @@ class FrameReader:
             buffer: bytes | bytearray | memoryview = pending
         else:
             buffer = data
-        frames: list[Frame] = []
-        offset = 0
-        total = len(buffer)
-        while total - offset >= 2:
-            end = self._next(buffer, offset, total, frames)
-            if end < 0:
-                break
-            offset = end
+        spans: list[tuple[int, int, int, int]] = []  # (first byte, frame start, payload start, end)
+        offset = self._split(buffer, spans)
         if buffer is pending:
+            consumed = bytes(pending[:offset]) if spans else b""
             del pending[:offset]
-        elif offset < total:
-            pending += buffer[offset:]
-        return frames
+        else:
+            if offset < len(buffer):
+                pending += buffer[offset:]
+            consumed = buffer if type(buffer) is bytes else bytes(buffer[:offset])
+        if not spans:
+            return []
+        plain = _unmask(consumed, spans) if self.masked else consumed
+        return [
+            Frame(first >= 0x80, first & 0x0F, plain[start:end], consumed, head, end)
+            for first, head, start, end in spans
+        ]
 
-    def _next(self, buffer: bytes | bytearray | memoryview, offset: int, total: int, frames: list[Frame]) -> int:
-        """Parse the frame at ``offset`` into ``frames``; its end, or -1 when it is not complete yet."""
-        first, second = buffer[offset], buffer[offset + 1]
-        opcode = first & 0x0F
-        if first & 0x70:
-            raise FrameError(PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
-        if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES:
-            raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-        if bool(second & 0x80) is not self.masked:
-            raise FrameError(PROTOCOL_ERROR, "client frames must be masked" if self.masked else "masked frame")
-        fin = bool(first & 0x80)
-        length = second & 0x7F
-        position = offset + 2
-        if opcode in _CONTROL_OPCODES and (length > 125 or not fin):
-            raise FrameError(PROTOCOL_ERROR, "control frames are unfragmented and at most 125 bytes")
-        if length >= 126:
-            width = 2 if length == 126 else 8
-            if total - position < width:
-                return -1
-            length = int.from_bytes(buffer[position : position + width], "big")
-            position += width
-        if length > self.max_size:
-            raise FrameError(MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds the limit of {self.max_size}")
-        mask = None
-        if self.masked:
-            if total - position < 4:
-                return -1
-            mask = bytes(buffer[position : position + 4])
-            position += 4
-        end = position + length
-        if end > total:
-            return -1
-        raw = bytes(buffer[offset:end]) if offset or end != total or type(buffer) is not bytes else buffer
-        frames.append(Frame(fin, opcode, raw, position - offset, mask))
-        return end
+    def _split(self, buffer: bytes | bytearray | memoryview, spans: list[tuple[int, int, int, int]]) -> int:
+        """Find the complete frames in ``buffer`` (appended to ``spans``); where the incomplete rest begins.
+
+        One loop, no call per frame: a read of pipelined requests holds many small frames.
+        """
+        masked, max_size = self.masked, self.max_size
+        mask_bit = 0x80 if masked else 0
+        key_size = 4 if masked else 0
+        offset, total = 0, len(buffer)
+        while total - offset >= 2:
+            first, second = buffer[offset], buffer[offset + 1]
+            problem = _FIRST_BYTE_PROBLEMS[first]
+            if problem is not None:
+                raise FrameError(PROTOCOL_ERROR, problem)
+            if second & 0x80 != mask_bit:
+                raise FrameError(PROTOCOL_ERROR, "client frames must be masked" if masked else "masked frame")
+            length = second & 0x7F
+            position = offset + 2
+            if length >= 126:
+                if first & 0x08:
+                    raise FrameError(PROTOCOL_ERROR, "control frames are unfragmented and at most 125 bytes")
+                width = 2 if length == 126 else 8
+                if total - position < width:
+                    break
+                length = int.from_bytes(buffer[position : position + width], "big")
+                position += width
+                if length > max_size:
+                    raise FrameError(MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds the limit of {max_size}")
+            elif length > max_size:
+                raise FrameError(MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds the limit of {max_size}")
+            position += key_size
+            end = position + length
+            if end > total:
+                break
+            spans.append((first, offset, position, end))
+            offset = end
+        return offset
+
+
+def _unmask(data: bytes, spans: list[tuple[int, int, int, int]]) -> bytes:
+    """``data`` with every frame's payload unmasked by its own key (headers left as they are).
+
+    One XOR over the whole read instead of one per frame: the keys, each repeated over its payload,
+    and zeros over the headers make one key stream as long as ``data``.
+    """
+    stream: list[bytes] = []
+    previous = 0
+    for _first, _head, start, end in spans:
+        stream.append(_ZEROS[: start - previous])
+        size = end - start
+        if size:
+            stream.append((data[start - 4 : start] * ((size + 3) >> 2))[:size])
+        previous = end
+    size = previous
+    key = int.from_bytes(b"".join(stream), "little")
+    return (int.from_bytes(data[:size], "little") ^ key).to_bytes(size, "little")

@@ -238,9 +238,10 @@ def _check_func(func: Any) -> str | None:
 
 
 def _plain_call(obj: dict[str, Any]) -> Request | None:
-    """The common request, checked in one go: a call with scalar arguments, in either dialect.
+    """The common request, checked in one go: a call with scalar arguments, in either dialect, or a cancel.
 
-    Native ``{"id", "func", "args"}`` with an optional ``"op": "call"``, or JSON-RPC ``{"jsonrpc":
+    Native ``{"id", "func", "args"}`` with an optional ``"op": "call"``, native ``{"id", "op": "cancel"}``
+    (a client's timeout sends one per call), or JSON-RPC ``{"jsonrpc":
     "2.0", "id", "method", "params"}``; every key present, no other. Scalars only (no float, no
     nesting): nothing in it can be too deep or an integer past 64 bits (orjson reads those as floats).
     Anything else: None, the full path.
@@ -254,6 +255,9 @@ def _plain_call(obj: dict[str, Any]) -> Request | None:
         func = obj.get("func")
         args = obj.get("args")
         dialect = NATIVE
+    elif size == 2 and obj.get("op") == "cancel":
+        func = args = CANCEL
+        dialect = NATIVE
     else:
         return None
     request_id: Any = obj.get("id")
@@ -263,6 +267,8 @@ def _plain_call(obj: dict[str, Any]) -> Request | None:
             return None
     elif kind is not str or len(request_id) > MAX_ID_LENGTH:
         return None
+    if args is CANCEL:
+        return Request(CANCEL, request_id, NATIVE)
     if type(func) is not str or len(func) > MAX_NAME_LENGTH or func == "rpc.discover":
         return None
     kind = type(args)
