@@ -66,8 +66,8 @@ MAX_FRAGMENTS = 1024  # frames one fragmented message may take, empty ones inclu
 MAX_HEADER_BYTES = 64 * 1024  # an HTTP request's head (request line + headers)
 
 _OPEN = State.OPEN
-_TURN_BYTES = 4096  # bytes of input one connection handles before the others get a turn
-_FLUSH_AT = 16 * 1024  # bytes of stream items held for one write before they leave anyway
+_TURN_BYTES = 1024  # bytes of input one connection handles before the others get a turn
+_FLUSH_AT = 16 * 1024  # bytes of replies or stream items held for one write before they leave anyway
 _numbers = itertools.count(1)
 
 
@@ -95,6 +95,7 @@ class _WebSocket:
         self.peer = ""
         self._out: list[bytes] = []  # written this iteration, not flushed yet
         self._flush_soon = False
+        self._out_size = 0  # payload bytes in ``_out``
         self._writable = True
         self._saturated = False
         self._yielding = False  # reading paused until the other connections had their turn
@@ -124,7 +125,7 @@ class _WebSocket:
                 self._handshake(data)
         else:
             self._frames(data)
-        self._flush()
+        self._end_turn()
 
     def _take_turn(self) -> None:
         if self._yielding:
@@ -246,7 +247,7 @@ class _WebSocket:
         if rest is None or self.transport is None or self.transport.is_closing():
             return
         self._consume(rest)
-        self._flush()
+        self._end_turn()
         if self._backlog is None:
             self._take_turn()
 
@@ -346,13 +347,14 @@ class _WebSocket:
         out = self._out
         out.append(frame_header(OP_TEXT, len(data)))
         out.append(data)
+        self._out_size += len(data)
         if not self._flush_soon:
             self._flush_soon = True
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self._end_turn)
 
     async def drained(self) -> None:
         """Return once the transport takes more: a stream sends its next item only then (backpressure)."""
-        if sum(map(len, self._out)) >= _FLUSH_AT:
+        if self._out_size >= _FLUSH_AT:
             self._flush()
         if self._writable or self._closing:
             return
@@ -390,15 +392,26 @@ class _WebSocket:
         if self.ws.close_expected() and not self._closing:
             self._later(CLOSE_TIMEOUT, self._close_transport)
 
+    def _end_turn(self) -> None:
+        """Write what this turn (or loop iteration) answered; while input of the same read still waits
+        for its next turn, hold up to ``_FLUSH_AT`` bytes so that a pipelining peer's replies leave in
+        a few large writes, not one per turn."""
+        if self._backlog is None or self._out_size >= _FLUSH_AT or self._closing:
+            self._flush()
+        else:
+            self._flush_soon = False
+
     def _flush(self) -> None:
         self._flush_soon = False
         transport = self.transport
         if transport is None or transport.is_closing():
             self._out.clear()
+            self._out_size = 0
             return
         if self._out:
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()
+            self._out_size = 0
             transport.write(data)
         if self._closing:
             transport.close()
