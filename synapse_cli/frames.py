@@ -27,12 +27,15 @@ __all__ = [
     "encode_frame",
     "frame_header",
     "mask_payload",
+    "text_header",
 ]
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 _DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
 _CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
+
+_SHORT_TEXT_HEADERS = tuple(bytes((0x80 | OP_TEXT, size)) for size in range(126))
 
 PROTOCOL_ERROR = 1002  # RFC 6455 §7.4.1
 MESSAGE_TOO_BIG = 1009
@@ -81,6 +84,11 @@ def mask_payload(data: bytes | bytearray, mask: bytes) -> bytes:
         return b""
     key = (mask * ((size + 3) >> 2))[:size]
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+
+
+def text_header(size: int) -> bytes:
+    """The header of a server's unfragmented text frame of ``size`` bytes (the one nearly every reply has)."""
+    return _SHORT_TEXT_HEADERS[size] if size < 126 else frame_header(OP_TEXT, size)
 
 
 def frame_header(opcode: int, size: int, *, fin: bool = True, mask: bool = False) -> bytes:

@@ -43,6 +43,7 @@ __all__ = [
     "Reply",
     "Request",
     "decode_frame",
+    "decode_text",
     "decode_replies",
     "dump_json",
     "encode_call",
@@ -347,8 +348,8 @@ def _decode_item(obj: Any, fallback: Dialect) -> Request | Invalid:
     return _invalid(f"not a request: {what} without func/method", request_id, fallback)
 
 
-def decode_frame(text: str | bytes, *, max_batch: int = 1000) -> Frame:
-    """Decode one text frame into requests and invalid items (SPEC §1)."""
+def decode_text(text: str | bytes, *, max_batch: int = 1000) -> Request | Frame:
+    """Decode one text frame (SPEC §1): the common single request bare, anything else as a :class:`Frame`."""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -358,7 +359,7 @@ def decode_frame(text: str | bytes, *, max_batch: int = 1000) -> Frame:
         # The text is checked too when it is long enough to hide what the value no longer shows (a
         # duplicated key's first value, dropped by the parser): every request passes the same checks.
         if request is not None and (_nothing_hidden(text, value) or _checked(text, value)[1] is None):
-            return Frame([request])
+            return request
     value, reason = _checked(text, value)
     if reason:
         return _parse_error(reason)
@@ -370,6 +371,12 @@ def decode_frame(text: str | bytes, *, max_batch: int = 1000) -> Frame:
     if len(value) > max_batch:
         return Frame([_invalid(f"batch of {len(value)} exceeds the limit of {max_batch}", None, dialect)])
     return Frame([_decode_item(item, dialect) for item in value], batch=True)
+
+
+def decode_frame(text: str | bytes, *, max_batch: int = 1000) -> Frame:
+    """Decode one text frame into requests and invalid items (SPEC §1)."""
+    decoded = decode_text(text, max_batch=max_batch)
+    return Frame([decoded]) if isinstance(decoded, Request) else decoded
 
 
 # -- encoding replies (server side) -----------------------------------------------------------------

@@ -113,7 +113,8 @@ class Function:
     _result_adapter: TypeAdapter[Any]
     _declared: str
     stream: bool = False
-    _scalars: tuple[Any, ...] | None = None  # each parameter's plain type, when all are plain: see _bind_scalars
+    _scalars: tuple[frozenset[type], ...] | None = None  # the types each parameter takes, when all are plain
+    _widen: tuple[bool, ...] | None = None  # which of them turn an int into a float (None: none does)
 
     @classmethod
     def build(cls, func: Callable[..., Any], *, name: str, inline: bool) -> Function:
@@ -135,6 +136,7 @@ class Function:
         except pydantic.PydanticSchemaGenerationError as exc:
             raise ValueError(f"function {name!r}: no JSON Schema for its return annotation {hint!r}") from exc
         plain = _schema_types(adapter.core_schema) <= _PLAIN_RESULT
+        scalar_types = _plain_parameters(func, params)
         entry = cls(
             name=name,
             func=func,
@@ -150,7 +152,8 @@ class Function:
             _named=frozenset(p.name for p in params if p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)),
             _json_native=_schema_types(core_schema) <= _JSON_NATIVE,
             stream=stream,
-            _scalars=_plain_parameters(func, params),
+            _scalars=None if scalar_types is None else tuple(_ACCEPTED[kind] for kind in scalar_types),
+            _widen=tuple(kind is float for kind in scalar_types) if scalar_types and float in scalar_types else None,
             encode_result=dump_json,
             _result_adapter=adapter,
             _declared=_type_name(hint) if declared else "Any",
@@ -210,24 +213,21 @@ class Function:
     def _bind_scalars(self, args: list[Any] | dict[str, Any]) -> tuple[Any, ...] | None:
         """Plain parameters (int, float, str, bool, int | float) checked by type, as pydantic's strict mode
         does (an int is a float, a bool is no number); None: anything else, which the full path words."""
-        kinds = self._scalars
-        assert kinds is not None
+        accepted = self._scalars
+        assert accepted is not None
         if type(args) is dict:
-            if len(args) != len(kinds) or args.keys() != self._named:
+            if len(args) != len(accepted) or args.keys() != self._named:
                 return None
             args = [args[name] for name in self._positional]
-        elif len(args) != len(kinds):
+        elif len(args) != len(accepted):
             return None
-        values = []
-        for value, kind in zip(args, kinds, strict=True):
-            given = type(value)
-            if given is kind or (kind is _NUMBER and (given is int or given is float)):
-                values.append(value)
-            elif kind is float and given is int:
-                values.append(float(value))
-            else:
+        for value, types_ in zip(args, accepted, strict=True):
+            if type(value) not in types_:
                 return None
-        return tuple(values)
+        widen = self._widen
+        if widen is None:
+            return tuple(args)
+        return tuple(float(v) if wide and type(v) is int else v for v, wide in zip(args, widen, strict=True))
 
     def _by_name(self, args: list[Any]) -> dict[str, Any]:
         named = dict(zip(self._positional, args, strict=False))
@@ -286,11 +286,19 @@ def _item_hint(hint: Any, name: str) -> Any:
 
 _NUMBER: Final = object()  # the type int | float
 _PLAIN: Final = {int: int, float: float, str: str, bool: bool}
+# What pydantic's strict mode takes for each plain type (a float parameter takes an int, made a float).
+_ACCEPTED: Final = {
+    int: frozenset({int}),
+    float: frozenset({int, float}),
+    str: frozenset({str}),
+    bool: frozenset({bool}),
+    _NUMBER: frozenset({int, float}),
+}
 
 
 def _plain_parameters(func: Callable[..., Any], params: list[inspect.Parameter]) -> tuple[Any, ...] | None:
     """Each parameter's type when every one is a required positional-or-keyword int, float, str, bool or
-    int | float (the shapes most functions have); None otherwise."""
+    int | float (the shapes most functions have; ``_NUMBER`` stands for int | float); None otherwise."""
     try:
         hints = inspect.get_annotations(func, eval_str=True)
     except Exception:
@@ -409,6 +417,8 @@ class Registry:
         entry = self._functions.get(name)
         if entry is None:
             raise RPCError(f"function not found: {name}", METHOD_NOT_FOUND)
+        if entry._scalars is not None and (bound := entry._bind_scalars(args)) is not None:
+            return entry, bound, {}  # the commonest signature, bound here: one call less per request
         positional, keywords = entry.bind(args)
         return entry, positional, keywords
 

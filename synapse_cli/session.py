@@ -145,10 +145,11 @@ class Session:
 
     def receive(self, text: str | bytes) -> list[Action]:
         """Decode one text message and decide what to do with it."""
-        frame = protocol.decode_frame(text, max_batch=self.max_batch)
+        frame = protocol.decode_text(text, max_batch=self.max_batch)
         actions: list[Action] = []
-        if not frame.batch:
-            reply = self._accept(frame.items[0], None, 0, actions)
+        if isinstance(frame, Request) or not frame.batch:
+            item = frame if isinstance(frame, Request) else frame.items[0]
+            reply = self._accept(item, None, 0, actions)
             if reply is not None:
                 actions.insert(0, Reply(reply))
             return actions

@@ -35,7 +35,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from synapse_cli.connection import CLOSE_GRACE, Connection
-from synapse_cli.frames import OP_CLOSE, OP_TEXT, Frame, FrameError, FrameReader, frame_header
+from synapse_cli.frames import OP_CLOSE, OP_TEXT, Frame, FrameError, FrameReader, text_header
 from synapse_cli.logs import SafeLogFilter
 from synapse_cli.server import SUBPROTOCOL
 
@@ -345,7 +345,7 @@ class _WebSocket:
         if self.ws.state is not _OPEN or self._closing:
             return
         out = self._out
-        out.append(frame_header(OP_TEXT, len(data)))
+        out.append(text_header(len(data)))
         out.append(data)
         self._out_size += len(data)
         if not self._flush_soon:

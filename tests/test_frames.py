@@ -20,7 +20,9 @@ from synapse_cli.frames import (
     FrameError,
     FrameReader,
     encode_frame,
+    frame_header,
     mask_payload,
+    text_header,
 )
 
 
@@ -101,3 +103,18 @@ def test_binary_frames_are_framed_like_any_other() -> None:
     """The codec frames binary data; refusing it is the connection's decision, not the codec's."""
     [frame] = FrameReader(masked=False, max_size=10).feed(encode_frame(OP_BINARY, b"\x00\x01"))
     assert (frame.opcode, frame.payload) == (OP_BINARY, b"\x00\x01")
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536])
+def test_text_header_is_the_general_header_of_a_text_frame(size: int) -> None:
+    """The precomputed headers of short replies are exactly what frame_header builds."""
+    assert text_header(size) == frame_header(OP_TEXT, size)
+
+
+def test_a_read_of_many_frames_unmasks_each_with_its_own_key() -> None:
+    """One read holding frames of every length encoding, each masked with its own key, reads back exactly."""
+    payloads = [os.urandom(size) for size in (0, 1, 3, 4, 5, 125, 126, 127, 1000, 65536, 2)]
+    data = b"".join(encode_frame(OP_TEXT, payload, mask=True) for payload in payloads)
+    frames = FrameReader(masked=True, max_size=2**20).feed(data)
+    assert [frame.payload for frame in frames] == payloads
+    assert b"".join(frame.raw for frame in frames) == data
