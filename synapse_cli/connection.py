@@ -82,6 +82,7 @@ class Connection:
         self.timers: dict[Any, asyncio.TimerHandle] = {}
         self._idle: asyncio.Event | None = None  # made while someone waits for the calls to end
         self._protocol_log = RateLimitedLog()
+        self._log_calls = logger.isEnabledFor(logging.DEBUG)  # decided when the connection opens
         session.observer = self
 
     @property
@@ -213,7 +214,7 @@ class Connection:
         """Count an answered call; log it at debug level (ids and names, never bodies)."""
         if self.metrics is not None:
             self.metrics.record(function, outcome, seconds)
-        if logger.isEnabledFor(logging.DEBUG):
+        if self._log_calls:
             fields = {"connection": self.number, "call_id": call_id, "function": function, "outcome": outcome}
             logger.debug("call %s %s", function, outcome, extra={**fields, "duration_ms": round(seconds * 1000, 3)})
 

@@ -120,6 +120,7 @@ class _WebSocket:
             self.peer = f"{client[0]}:{client[1]}"
 
     def data_received(self, data: bytes) -> None:
+        self._flush_soon = True  # what this read answers leaves at its end: no callback needed for it
         if self.connection is None:
             if not self._closing:
                 self._handshake(data)
@@ -246,6 +247,7 @@ class _WebSocket:
         rest, self._backlog = self._backlog, None
         if rest is None or self.transport is None or self.transport.is_closing():
             return
+        self._flush_soon = True  # as in data_received
         self._consume(rest)
         self._end_turn()
         if self._backlog is None:
