@@ -45,12 +45,13 @@ HANDSHAKE = (
 
 
 class CountingTransport(asyncio.Transport):
-    """A transport that keeps nothing: it counts the bytes written to it."""
+    """A transport that keeps nothing: it counts the bytes written to it, and whether the protocol reads."""
 
     def __init__(self) -> None:
         super().__init__()
         self.written = 0
         self.closing = False
+        self.reading = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += len(data)
@@ -59,10 +60,10 @@ class CountingTransport(asyncio.Transport):
         return self.closing
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
     def close(self) -> None:
         self.closing = True
@@ -96,6 +97,8 @@ async def serve(shape: str, requests: int, per_read: int, build_only: bool) -> N
     for data in reads:
         protocol.data_received(data)
         await asyncio.sleep(0)
+        while not transport.reading:  # the rest of the read waits for its turns, as on a socket
+            await asyncio.sleep(0)
     await asyncio.sleep(0)
     if transport.written - before < 30 * requests:
         raise SystemExit(f"only {transport.written - before} bytes of replies for {requests} requests")

@@ -66,7 +66,7 @@ MAX_FRAGMENTS = 1024  # frames one fragmented message may take, empty ones inclu
 MAX_HEADER_BYTES = 64 * 1024  # an HTTP request's head (request line + headers)
 
 _OPEN = State.OPEN
-_TURN_BYTES = 1024  # bytes of input one connection handles before the others get a turn
+_TURN_FRAMES = 16  # frames of one read a connection handles before the other connections get a turn
 _FLUSH_AT = 16 * 1024  # bytes of replies or stream items held for one write before they leave anyway
 _numbers = itertools.count(1)
 
@@ -99,7 +99,8 @@ class _WebSocket:
         self._writable = True
         self._saturated = False
         self._yielding = False  # reading paused until the other connections had their turn
-        self._backlog: memoryview | None = None  # input past this turn's share, for the next turn
+        self._waiting: list[Frame] | None = None  # frames of a read past this turn's share, from ``_next``
+        self._next = 0
         self._reading = True
         self._fragments: bytearray | None = None  # a fragmented text message being assembled
         self._fragment_count = 0
@@ -220,37 +221,37 @@ class _WebSocket:
     # -- frames in ---------------------------------------------------------------------------------
 
     def _frames(self, data: bytes) -> None:
-        if self._backlog is not None:  # a transport that delivers data while paused: keep the order
-            self._backlog = memoryview(bytes(self._backlog) + data)
-            return
-        self._consume(data)
-
-    def _consume(self, data: bytes | memoryview) -> None:
-        """Take at most ``_TURN_BYTES`` of ``data`` now; the rest waits until every other connection had
-        its turn (an event loop would otherwise keep reading this socket while it has data)."""
-        rest = None
-        if len(data) > _TURN_BYTES:
-            view = memoryview(data)
-            data, rest = view[:_TURN_BYTES], view[_TURN_BYTES:]
         try:
             frames = self.reader.feed(data)
         except FrameError as exc:
             self._fail(exc.code, exc.reason)
             return
-        self._process(frames)
-        if rest is not None and not self._closing:
-            self._backlog = rest
+        if self._waiting is not None:  # a transport that delivers data while paused: keep the order
+            self._waiting = self._waiting[self._next :] + frames
+            self._next = 0
+            return
+        self._take(frames, 0)
+
+    def _take(self, frames: list[Frame], start: int) -> None:
+        """Handle ``_TURN_FRAMES`` of ``frames`` from ``start`` now; the rest waits until every other
+        connection had its turn (an event loop would otherwise keep serving this socket while it has data)."""
+        end = start + _TURN_FRAMES
+        if len(frames) > end and not self._closing:
+            self._waiting, self._next = frames, end
             self._pause_turn()
             self.loop.call_soon(self._next_turn)
+            self._process(frames[start:end])
+        else:
+            self._process(frames[start:] if start else frames)
 
     def _next_turn(self) -> None:
-        rest, self._backlog = self._backlog, None
-        if rest is None or self.transport is None or self.transport.is_closing():
+        waiting, self._waiting = self._waiting, None
+        if waiting is None or self._closing or self.transport is None or self.transport.is_closing():
             return
         self._flush_soon = True  # as in data_received
-        self._consume(rest)
+        self._take(waiting, self._next)
         self._end_turn()
-        if self._backlog is None:
+        if self._waiting is None:
             self._take_turn()
 
     def _process(self, frames: list[Frame]) -> None:
@@ -398,7 +399,7 @@ class _WebSocket:
         """Write what this turn (or loop iteration) answered; while input of the same read still waits
         for its next turn, hold up to ``_FLUSH_AT`` bytes so that a pipelining peer's replies leave in
         a few large writes, not one per turn."""
-        if self._backlog is None or self._out_size >= _FLUSH_AT or self._closing:
+        if self._waiting is None or self._out_size >= _FLUSH_AT or self._closing:
             self._flush()
         else:
             self._flush_soon = False
