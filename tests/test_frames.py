@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.protocol import State
@@ -118,3 +121,30 @@ def test_a_read_of_many_frames_unmasks_each_with_its_own_key() -> None:
     frames = FrameReader(masked=True, max_size=2**20).feed(data)
     assert [frame.payload for frame in frames] == payloads
     assert b"".join(frame.raw for frame in frames) == data
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    bodies=st.lists(
+        st.tuples(
+            st.sampled_from([OP_TEXT, OP_BINARY, OP_CONTINUATION, OP_PING, OP_CLOSE]),
+            st.binary(max_size=300) | st.binary(min_size=65_536, max_size=66_000),
+            st.booleans(),
+        ),
+        max_size=12,
+    ),
+    masked=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=200_000), max_size=8),
+)
+def test_any_frames_cut_anywhere_read_back_exactly(
+    bodies: list[tuple[int, bytes, bool]], masked: bool, cuts: list[int]
+) -> None:
+    """Frames of every opcode and length encoding, in reads cut at arbitrary points, come out as sent."""
+    sent = [(op, body[:125] if op >= OP_CLOSE else body, fin or op >= OP_CLOSE) for op, body, fin in bodies]
+    data = b"".join(encode_frame(op, body, fin=fin, mask=masked) for op, body, fin in sent)
+    reader = FrameReader(masked=masked, max_size=2**20)
+    points = sorted({0, len(data), *(cut for cut in cuts if cut < len(data))})
+    frames = [frame for a, b in itertools.pairwise(points) for frame in reader.feed(data[a:b])]
+    assert [(f.opcode, f.payload, f.fin) for f in frames] == sent
+    assert b"".join(f.raw for f in frames) == data
+    assert reader.buffered == 0
