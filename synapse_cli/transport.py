@@ -67,6 +67,7 @@ MAX_HEADER_BYTES = 64 * 1024  # an HTTP request's head (request line + headers)
 
 _OPEN = State.OPEN
 _TURN_FRAMES = 16  # frames of one read a connection handles before the other connections get a turn
+_PARSE_BYTES = 2048  # bytes of one read split into frames at once (the rest waits for those turns)
 _FLUSH_AT = 16 * 1024  # bytes of replies or stream items held for one write before they leave anyway
 _numbers = itertools.count(1)
 
@@ -101,6 +102,7 @@ class _WebSocket:
         self._yielding = False  # reading paused until the other connections had their turn
         self._waiting: list[Frame] | None = None  # frames of a read past this turn's share, from ``_next``
         self._next = 0
+        self._unparsed: memoryview | None = None  # bytes of a read past ``_PARSE_BYTES``, not split yet
         self._reading = True
         self._fragments: bytearray | None = None  # a fragmented text message being assembled
         self._fragment_count = 0
@@ -221,37 +223,49 @@ class _WebSocket:
     # -- frames in ---------------------------------------------------------------------------------
 
     def _frames(self, data: bytes) -> None:
+        if self._waiting is not None or self._unparsed is not None:  # delivered while paused: keep the order
+            self._unparsed = memoryview(bytes(self._unparsed or b"") + data)
+            return
+        self._parse(data)
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        """Split ``_PARSE_BYTES`` of ``data`` into frames and take a turn of them; the rest of the bytes
+        waits, unparsed (uvloop reads up to 256 KiB at once: thousands of small frames)."""
+        rest = None
+        if len(data) > _PARSE_BYTES:
+            view = memoryview(data)
+            data, rest = view[:_PARSE_BYTES], view[_PARSE_BYTES:]
         try:
             frames = self.reader.feed(data)
         except FrameError as exc:
             self._fail(exc.code, exc.reason)
             return
-        if self._waiting is not None:  # a transport that delivers data while paused: keep the order
-            self._waiting = self._waiting[self._next :] + frames
-            self._next = 0
-            return
+        self._unparsed = rest
         self._take(frames, 0)
 
     def _take(self, frames: list[Frame], start: int) -> None:
         """Handle ``_TURN_FRAMES`` of ``frames`` from ``start`` now; the rest waits until every other
         connection had its turn (an event loop would otherwise keep serving this socket while it has data)."""
         end = start + _TURN_FRAMES
-        if len(frames) > end and not self._closing:
-            self._waiting, self._next = frames, end
+        more = len(frames) > end
+        if (more or self._unparsed is not None) and not self._closing:
+            self._waiting, self._next = (frames, end) if more else (None, 0)
             self._pause_turn()
             self.loop.call_soon(self._next_turn)
-            self._process(frames[start:end])
-        else:
-            self._process(frames[start:] if start else frames)
+        self._process(frames[start:end] if more or start else frames)
 
     def _next_turn(self) -> None:
         waiting, self._waiting = self._waiting, None
-        if waiting is None or self._closing or self.transport is None or self.transport.is_closing():
+        unparsed = self._unparsed
+        if self._closing or self.transport is None or self.transport.is_closing():
             return
         self._flush_soon = True  # as in data_received
-        self._take(waiting, self._next)
+        if waiting is not None:
+            self._take(waiting, self._next)
+        elif unparsed is not None:
+            self._parse(unparsed)
         self._end_turn()
-        if self._waiting is None:
+        if self._waiting is None and self._unparsed is None:
             self._take_turn()
 
     def _process(self, frames: list[Frame]) -> None:
@@ -399,7 +413,7 @@ class _WebSocket:
         """Write what this turn (or loop iteration) answered; while input of the same read still waits
         for its next turn, hold up to ``_FLUSH_AT`` bytes so that a pipelining peer's replies leave in
         a few large writes, not one per turn."""
-        if self._waiting is None or self._out_size >= _FLUSH_AT or self._closing:
+        if (self._waiting is None and self._unparsed is None) or self._out_size >= _FLUSH_AT or self._closing:
             self._flush()
         else:
             self._flush_soon = False

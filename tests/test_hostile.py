@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,6 +155,25 @@ def test_a_flood_of_unanswered_cancels_does_not_starve_other_connections() -> No
     print(f"\n[hostile] cancel flood: probe p50 {p50 * 1e3:.2f} ms, max {worst * 1e3:.1f} ms (quiet p50 "
           f"{statistics.median(quiet) * 1e3:.2f} ms)")  # fmt: skip
     assert worst < 0.5
+
+
+def test_a_large_burst_of_pipelined_calls_is_answered_whole_and_in_order() -> None:
+    """5,000 calls in one write (over 300 KiB: many reads of up to 256 KiB, each split and served in
+    turns): every reply comes back, in order, and the connection keeps serving."""
+    with running_server() as server:
+        raw = RawWebSocket(server.port)
+        try:
+            calls = [{"id": str(n), "op": "call", "func": "add_numbers", "args": [n, 1]} for n in range(5000)]
+            burst = b"".join(text_frame(call) for call in calls)
+            sender = threading.Thread(target=raw.sock.sendall, args=(burst,))  # replies are read meanwhile
+            sender.start()
+            replies = [raw.recv_json() for _ in calls]
+            sender.join()
+            assert [(reply["id"], reply["result"]) for reply in replies] == [(str(n), n + 1) for n in range(5000)]
+            raw.send(text_frame({"id": "last", "op": "call", "func": "add_numbers", "args": [2, 2]}))
+            assert raw.recv_json() == {"id": "last", "result": 4, "error": None}
+        finally:
+            raw.close()
 
 
 def test_oversized_handshake_heads_get_a_4xx_and_are_closed() -> None:
