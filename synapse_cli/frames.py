@@ -42,12 +42,17 @@ MESSAGE_TOO_BIG = 1009
 
 
 class FrameError(Exception):
-    """The peer broke the framing rules; ``code`` is the close code to answer with (1002 or 1009)."""
+    """The peer broke the framing rules; ``code`` is the close code to answer with (1002 or 1009).
+
+    ``frames`` holds the complete frames that came before the violation in the same :meth:`FrameReader.feed`:
+    they were sent before it, so they are handled before the connection fails.
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.frames: list[Frame] = []
 
 
 class Frame:
@@ -160,7 +165,13 @@ class FrameReader:
         else:
             buffer = data
         spans: list[tuple[int, int, int, int]] = []  # (first byte, frame start, payload start, end)
-        offset = self._split(buffer, spans)
+        try:
+            offset = self._split(buffer, spans)
+        except FrameError as exc:  # the frames before it still count; nothing after it is read
+            end = spans[-1][3] if spans else 0
+            exc.frames = self._frames(bytes(buffer[:end]), spans) if spans else []
+            pending.clear()
+            raise
         if buffer is pending:
             consumed = bytes(pending[:offset]) if spans else b""
             del pending[:offset]
@@ -168,8 +179,9 @@ class FrameReader:
             if offset < len(buffer):
                 pending += buffer[offset:]
             consumed = buffer if type(buffer) is bytes else bytes(buffer[:offset])
-        if not spans:
-            return []
+        return self._frames(consumed, spans) if spans else []
+
+    def _frames(self, consumed: bytes, spans: list[tuple[int, int, int, int]]) -> list[Frame]:
         plain = _unmask(consumed, spans) if self.masked else consumed
         return [
             Frame(first >= 0x80, first & 0x0F, plain[start:end], consumed, head, end)

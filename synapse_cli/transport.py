@@ -238,7 +238,10 @@ class _WebSocket:
         try:
             frames = self.reader.feed(data)
         except FrameError as exc:
-            self._fail(exc.code, exc.reason)
+            self._unparsed = None
+            self._process(exc.frames)  # sent before the violation: answered before the connection fails
+            if not self._closing:
+                self._fail(exc.code, exc.reason)
             return
         self._unparsed = rest
         self._take(frames, 0)
@@ -255,6 +258,14 @@ class _WebSocket:
         self._process(frames[start:end] if more or start else frames)
 
     def _next_turn(self) -> None:
+        try:
+            self._turn()
+        except Exception:  # as a transport does for data_received: a connection never left half-read
+            logger.exception("connection %s failed", self.peer, extra={"peer": self.peer})
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _turn(self) -> None:
         waiting, self._waiting = self._waiting, None
         unparsed = self._unparsed
         if self._closing or self.transport is None or self.transport.is_closing():

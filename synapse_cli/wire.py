@@ -32,7 +32,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import WebSocketURI, parse_uri
 
-from synapse_cli.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, encode_frame
+from synapse_cli.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, Frame, FrameError, FrameReader, encode_frame
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -232,14 +232,19 @@ class WebSocket(asyncio.Protocol):
     # -- frames in -----------------------------------------------------------------------------------
 
     def _frames(self, data: bytes) -> None:
+        failure = None
         try:
             frames = self.reader.feed(data)
         except FrameError as exc:
-            reason = exc.reason
-            if exc.code == 1009:
+            frames, failure = exc.frames, exc  # the replies before the violation still count
+        self._handle(frames)
+        if failure is not None and self.ws.state is _OPEN:
+            reason = failure.reason
+            if failure.code == 1009:
                 reason = f"the reply is over the client's limit of {self.max_size} bytes"
-            self.fail(exc.code, reason)
-            return
+            self.fail(failure.code, reason)
+
+    def _handle(self, frames: list[Frame]) -> None:
         for frame in frames:
             if self.ws.state is not _OPEN:
                 return  # after a close frame or a failure, the rest is discarded (RFC 6455 §1.4)

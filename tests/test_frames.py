@@ -148,3 +148,15 @@ def test_any_frames_cut_anywhere_read_back_exactly(
     assert [(f.opcode, f.payload, f.fin) for f in frames] == sent
     assert b"".join(f.raw for f in frames) == data
     assert reader.buffered == 0
+
+
+def test_frames_before_a_violation_come_with_its_error() -> None:
+    """A bad frame after good ones in the same read: the error carries the good ones, to be handled first."""
+    good = [encode_frame(OP_TEXT, b"%d" % n, mask=True) for n in range(3)]
+    reader = FrameReader(masked=True, max_size=2**20)
+    assert reader.feed(good[0][:3]) == []  # the first frame arrives in two reads
+    with pytest.raises(FrameError) as caught:
+        reader.feed(good[0][3:] + good[1] + good[2] + bytes((0x83, 0x80)) + b"mask" + good[0])
+    assert caught.value.code == 1002
+    assert [frame.payload for frame in caught.value.frames] == [b"0", b"1", b"2"]
+    assert reader.buffered == 0

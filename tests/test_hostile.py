@@ -176,6 +176,21 @@ def test_a_large_burst_of_pipelined_calls_is_answered_whole_and_in_order() -> No
             raw.close()
 
 
+def test_calls_before_a_framing_violation_are_answered_before_the_close() -> None:
+    """Forty calls, then a frame with a reserved opcode, in one write: forty replies, then close 1002."""
+    with running_server() as server:
+        raw = RawWebSocket(server.port)
+        try:
+            calls = [{"id": str(n), "op": "call", "func": "add_numbers", "args": [n, 1]} for n in range(40)]
+            bad = encode_frame(0x3, b"{}")  # opcode 3 is reserved (RFC 6455 §5.2)
+            raw.send(b"".join(text_frame(call) for call in calls) + bad)
+            replies = [raw.recv_json() for _ in calls]
+            assert [reply["result"] for reply in replies] == [n + 1 for n in range(40)]
+            assert close_code_of(raw) == 1002
+        finally:
+            raw.close()
+
+
 def test_oversized_handshake_heads_get_a_4xx_and_are_closed() -> None:
     """A header line over 8 KiB, or a head over 64 KiB, gets its 4xx and the connection is closed."""
     with running_server() as server:
