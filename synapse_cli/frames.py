@@ -144,11 +144,12 @@ class FrameReader:
         max_size: the largest payload one frame may announce; larger fails with 1009 before it arrives.
     """
 
-    __slots__ = ("masked", "max_size", "_pending")
+    __slots__ = ("masked", "max_size", "missing", "_pending")
 
     def __init__(self, *, masked: bool, max_size: int) -> None:
         self.masked = masked
         self.max_size = max_size
+        self.missing = 0  # bytes the incomplete frame held still needs, when its header is complete (else 0)
         self._pending = bytearray()
 
     @property
@@ -197,6 +198,7 @@ class FrameReader:
         mask_bit = 0x80 if masked else 0
         key_size = 4 if masked else 0
         offset, total = 0, len(buffer)
+        self.missing = 0
         while total - offset >= 2:
             first, second = buffer[offset], buffer[offset + 1]
             problem = _FIRST_BYTE_PROBLEMS[first]
@@ -221,6 +223,7 @@ class FrameReader:
             position += key_size
             end = position + length
             if end > total:
+                self.missing = end - total
                 break
             spans.append((first, offset, position, end))
             offset = end

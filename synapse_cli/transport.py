@@ -232,9 +232,10 @@ class _WebSocket:
         """Split ``_PARSE_BYTES`` of ``data`` into frames and take a turn of them; the rest of the bytes
         waits, unparsed (uvloop reads up to 256 KiB at once: thousands of small frames)."""
         rest = None
-        if len(data) > _PARSE_BYTES:
+        share = max(_PARSE_BYTES, self.reader.missing)  # the rest of a large frame is only appended
+        if len(data) > share:
             view = memoryview(data)
-            data, rest = view[:_PARSE_BYTES], view[_PARSE_BYTES:]
+            data, rest = view[:share], view[share:]
         try:
             frames = self.reader.feed(data)
         except FrameError as exc:

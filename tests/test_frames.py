@@ -160,3 +160,15 @@ def test_frames_before_a_violation_come_with_its_error() -> None:
     assert caught.value.code == 1002
     assert [frame.payload for frame in caught.value.frames] == [b"0", b"1", b"2"]
     assert reader.buffered == 0
+
+
+def test_missing_says_how_much_of_a_large_frame_is_still_to_come() -> None:
+    """Once a frame's header is in, ``missing`` is what its payload still needs; 0 between frames."""
+    data = encode_frame(OP_TEXT, b"x" * 100_000, mask=True)
+    reader = FrameReader(masked=True, max_size=2**20)
+    reader.feed(data[:1])
+    assert reader.missing == 0  # not even the length yet
+    reader.feed(data[1:5000])
+    assert reader.missing == len(data) - 5000
+    [frame] = reader.feed(data[5000:])
+    assert (reader.missing, frame.size) == (0, 100_000)
