@@ -216,9 +216,7 @@ class FrameReader:
                     break
                 length = int.from_bytes(buffer[position : position + width], "big")
                 position += width
-                if length > max_size:
-                    raise FrameError(MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds the limit of {max_size}")
-            elif length > max_size:
+            if length > max_size:
                 raise FrameError(MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds the limit of {max_size}")
             position += key_size
             end = position + length
