@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test lint bench venv clean
+.PHONY: serve test lint docs bench venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
 	touch $(VENV)/.installed $@
 
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(VENV)/.installed $@
+
 venv: $(VENV)/.installed
 
 serve: $(VENV)/.installed
@@ -29,6 +33,10 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check synapse_cli tests benchmarks examples
 	$(BIN)/mypy
 
+# The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or a page left out of the nav.
+docs: $(VENV)/.installed-docs
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
 test: lint
 	$(BIN)/python -m pytest
 
@@ -38,4 +46,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -14,7 +14,12 @@ commands' environment so that round writes them, as an installed package has the
 the commands interleaved and their order rotated each round so the machine's noise hits all of them. The
 table shows medians and the ratio to the reference.
 
-    python benchmarks/coldstart.py [--repeat 10]
+    python benchmarks/coldstart.py [--repeat 10] [--against DIR]
+
+``--against DIR`` adds the same ``synapse call`` and ``synapse --help`` run with another checkout's package
+first on the path (``DIR`` holds its ``synapse_cli``, e.g. ``git worktree add DIR COMMIT``), interleaved with
+the rest: a change's cost at start-up, before/after in one run. Its ratio column is to the same command
+run with this checkout's code.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ REFERENCE = "minimal websockets script (reference)"
 CALL = "synapse call add_numbers 1 2"
 HELP = "synapse --help"
 FLOOR = "python -c pass (floor)"
+AGAINST = " [--against]"
 CALL_RATIO_TARGET = 1.5
 HELP_SECONDS_TARGET = 0.3
 MINIMAL_SCRIPT = """\
@@ -56,14 +62,26 @@ class Row:
     met: bool | None
 
 
-def commands(url: str) -> dict[str, list[str]]:
+def commands(url: str, against: Path | None = None) -> dict[str, list[str]]:
+    """The commands timed, by name; with ``against``, ``synapse call`` and ``--help`` on that code too."""
     python, synapse = sys.executable, str(Path(sys.executable).parent / "synapse")
-    return {
+    named = {
         REFERENCE: [python, "-c", MINIMAL_SCRIPT, url],
         CALL: [synapse, "call", "add_numbers", "1", "2", "--url", url],
         HELP: [synapse, "--help"],
         FLOOR: [python, "-c", "pass"],
     }
+    if against is not None:
+        named[CALL + AGAINST] = named[CALL]
+        named[HELP + AGAINST] = named[HELP]
+    return named
+
+
+def environment(name: str, env: dict[str, str], against: Path | None) -> dict[str, str]:
+    """The command's environment: ``--against`` commands find that checkout's package first."""
+    if against is None or not name.endswith(AGAINST):
+        return env
+    return {**env, "PYTHONPATH": str(against)}
 
 
 def wall_time(command: list[str], env: dict[str, str]) -> float:
@@ -76,7 +94,7 @@ def wall_time(command: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def measure(repeat: int = 10) -> list[Row]:
+def measure(repeat: int = 10, against: Path | None = None) -> list[Row]:
     """Median wall time of each command over ``repeat`` interleaved rounds, against one ``synapse serve``."""
     port = free_port()
     url = f"ws://127.0.0.1:{port}/ws"
@@ -85,7 +103,7 @@ def measure(repeat: int = 10) -> list[Row]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(unwanted)}
     env["NO_COLOR"] = "1"
     server = start_server([*pinned(0), synapse, "serve", "--port", str(port), "--log-level", "warning"], url)
-    named = commands(url)
+    named = commands(url, against)
     times: dict[str, list[float]] = {name: [] for name in named}
     try:
         replies = subprocess.run(named[CALL], capture_output=True, text=True, env=env, timeout=60).stdout
@@ -94,7 +112,7 @@ def measure(repeat: int = 10) -> list[Row]:
         order = list(named)
         for _ in range(repeat + 1):  # round 0 is the warm-up
             for name in order:
-                times[name].append(wall_time(named[name], env))
+                times[name].append(wall_time(named[name], environment(name, env, against)))
             order = order[1:] + order[:1]
     finally:
         server.terminate()
@@ -102,27 +120,36 @@ def measure(repeat: int = 10) -> list[Row]:
     medians = {name: statistics.median(values[1:]) for name, values in times.items()}
     reference = medians[REFERENCE]
     call, help_ = medians[CALL], medians[HELP]
-    return [
+    rows = [
         Row(REFERENCE, reference, 1.0, "", None),
         Row(CALL, call, call / reference, f"≤ {CALL_RATIO_TARGET:g}x", call / reference <= CALL_RATIO_TARGET),
         Row(HELP, help_, help_ / reference, f"< {HELP_SECONDS_TARGET:g} s", help_ < HELP_SECONDS_TARGET),
         Row(FLOOR, medians[FLOOR], medians[FLOOR] / reference, "", None),
     ]
+    if against is not None:  # the other code's time, and this code's against it
+        for name in (CALL, HELP):
+            other = medians[name + AGAINST]
+            rows.append(Row(name + AGAINST, other, medians[name] / other, "this/that", None))
+    return rows
 
 
 def print_table(rows: list[Row], repeat: int) -> None:
     print(f"synapse serve on core 0, commands on core 1; median wall time of {repeat} interleaved runs")
-    print(f"{'command':38} {'ms':>8} {'ratio':>6} {'target':>8} {'met':>8}")
+    print(f"{'command':48} {'ms':>8} {'ratio':>6} {'target':>9} {'met':>8}")
     for row in rows:
         met = "" if row.met is None else ("met" if row.met else "not met")
-        print(f"{row.name:38} {row.seconds * 1000:8.1f} {row.ratio:6.2f} {row.target:>8} {met:>8}")
+        print(f"{row.name:48} {row.seconds * 1000:8.1f} {row.ratio:6.2f} {row.target:>9} {met:>8}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--against", type=Path, help="another checkout: the directory holding its synapse_cli")
     options = parser.parse_args()
-    print_table(measure(options.repeat), options.repeat)
+    against = options.against.resolve() if options.against is not None else None
+    print_table(measure(options.repeat, against), options.repeat)
+    if against is not None:
+        print(f"[--against]: the same command on the code in {against}; its ratio is this checkout's time / that")
 
 
 if __name__ == "__main__":

@@ -77,10 +77,17 @@ async def serve(shape: str, requests: int, per_read: int, build_only: bool) -> N
     import uvicorn
     from uvicorn.server import ServerState
 
-    from synapse_cli.builtins import default_registry
-    from synapse_cli.frames import OP_TEXT, encode_frame
-    from synapse_cli.server import create_app
-    from synapse_cli.transport import websocket_protocol
+    try:  # the package's layout since the subpackages (issue 21)
+        from synapse_cli.core.frames import OP_TEXT, encode_frame
+        from synapse_cli.server.app import create_app
+        from synapse_cli.server.builtins import default_registry
+        from synapse_cli.server.transport import websocket_protocol
+    except ImportError:  # a --baseline checkout from before it: the same modules, side by side
+        from synapse_cli.builtins import default_registry  # type: ignore[no-redef]
+        from synapse_cli.frames import OP_TEXT, encode_frame  # type: ignore[no-redef]
+        from synapse_cli.transport import websocket_protocol  # type: ignore[no-redef]
+
+        from synapse_cli.server import create_app  # type: ignore[no-redef]
 
     app = create_app(default_registry())
     protocol = websocket_protocol(app.state.synapse)(config=uvicorn.Config(app), server_state=ServerState())  # type: ignore[call-arg]

@@ -3,9 +3,9 @@ serialized as their declared return type, in one run.
 
 Per call, what ``session.Session._run_inline`` does, without a socket:
 
-  * before: ``registry.resolve`` -> the function -> ``protocol.reply_result`` (orjson for every result);
-  * after:  ``registry.resolve`` -> the function -> ``entry.encode_result`` (``protocol.dump_json`` itself
-    for plain JSON return types; pydantic's serializer for the annotation otherwise) -> ``protocol.reply_body``.
+  * before: ``registry.resolve`` -> the function -> ``encoding.reply_result`` (orjson for every result);
+  * after:  ``registry.resolve`` -> the function -> ``entry.encode_result`` (``encoding.dump_json`` itself
+    for plain JSON return types; pydantic's serializer for the annotation otherwise) -> ``encoding.reply_body``.
 
 Cases: ``add_numbers(1, 2)`` (-> int | float, the fast path), ``echo({"a": [1, 2.5, "x"]})`` (-> Any, the
 fast path) and, after only, a ``-> Decimal`` function (the declared path, for scale). Each round times
@@ -25,15 +25,15 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from synapse_cli import protocol
-from synapse_cli.builtins import default_registry
-from synapse_cli.registry import Registry
+from synapse_cli.core import encoding, protocol
+from synapse_cli.core.registry import Registry
+from synapse_cli.server.builtins import default_registry
 
 
 def before(registry: Registry, func: str, args: list[Any]) -> Callable[[], bytes]:
     def call() -> bytes:
         entry, positional, keywords = registry.resolve(func, args)
-        return protocol.reply_result(1, protocol.NATIVE, entry.func(*positional, **keywords))
+        return encoding.reply_result(1, protocol.NATIVE, entry.func(*positional, **keywords))
 
     return call
 
@@ -44,7 +44,7 @@ def after(registry: Registry, func: str, args: list[Any]) -> Callable[[], bytes]
         result = entry.func(*positional, **keywords)
         if (body := entry.encode_result(result)) is None:
             raise entry.result_error(result)
-        return protocol.reply_body(1, protocol.NATIVE, body)
+        return encoding.reply_body(1, protocol.NATIVE, body)
 
     return call
 

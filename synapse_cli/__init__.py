@@ -28,22 +28,23 @@ __all__ = [
 ]
 
 _LOCATIONS = {
-    "CallTimeout": "synapse_cli.errors",
-    "ConnectError": "synapse_cli.errors",
-    "ConnectionLost": "synapse_cli.errors",
-    "InvalidReply": "synapse_cli.errors",
-    "RPCError": "synapse_cli.errors",
-    "SynapseError": "synapse_cli.errors",
-    "Client": "synapse_cli.client",
-    "SyncClient": "synapse_cli.client",
-    "call": "synapse_cli.client",
-    "Registry": "synapse_cli.registry",
+    "CallTimeout": "synapse_cli.core.errors",
+    "ConnectError": "synapse_cli.core.errors",
+    "ConnectionLost": "synapse_cli.core.errors",
+    "InvalidReply": "synapse_cli.core.errors",
+    "RPCError": "synapse_cli.core.errors",
+    "SynapseError": "synapse_cli.core.errors",
+    "Client": "synapse_cli.client.client",
+    "SyncClient": "synapse_cli.client.sync",
+    "call": "synapse_cli.client.sync",
+    "Registry": "synapse_cli.core.registry",
 }
 
 if TYPE_CHECKING:
-    from synapse_cli.client import Client, SyncClient, call
-    from synapse_cli.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError, SynapseError
-    from synapse_cli.registry import Registry
+    from synapse_cli.client.client import Client
+    from synapse_cli.client.sync import SyncClient, call
+    from synapse_cli.core.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError, SynapseError
+    from synapse_cli.core.registry import Registry
 
 
 def __getattr__(name: str) -> Any:

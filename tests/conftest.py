@@ -21,11 +21,11 @@ from hdrh.histogram import HdrHistogram
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
-from synapse_cli import runner
-from synapse_cli.builtins import default_registry
-from synapse_cli.registry import Registry
-from synapse_cli.server import ServerState, Settings, bind_socket
-from synapse_cli.stats import new_histogram
+from synapse_cli.core.registry import Registry
+from synapse_cli.core.stats import new_histogram
+from synapse_cli.server import runner
+from synapse_cli.server.app import ServerState, Settings, bind_socket
+from synapse_cli.server.builtins import default_registry
 
 TESTS = Path(__file__).parent
 APPS = TESTS / "apps"

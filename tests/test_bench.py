@@ -1,6 +1,6 @@
 """``synapse bench`` against real servers on 127.0.0.1 (SPEC §4, issue 3): counts, latency, rate, CLI behaviour.
 
-The load generator runs in-process through :func:`synapse_cli.bench.run_bench` (it runs its own event loop,
+The load generator runs in-process through :func:`synapse_cli.bench.driver.run_bench` (it runs its own event loop,
 so these tests are plain sync functions) or as the real ``synapse bench`` command in a subprocess.
 """
 
@@ -18,10 +18,11 @@ import pytest
 from conftest import RunningServer, load_app, running_server, synapse_executable
 from hdrh.log import HistogramLogReader
 
-from synapse_cli import stats
-from synapse_cli.bench import BenchConfig, run_bench
-from synapse_cli.report import BenchReport, compare_reports
-from synapse_cli.schedule import parse_rate
+from synapse_cli.bench.config import BenchConfig
+from synapse_cli.bench.driver import run_bench
+from synapse_cli.bench.report import BenchReport, compare_reports
+from synapse_cli.bench.schedule import parse_rate
+from synapse_cli.core import stats
 
 REPORT_KEYS = {
     "schema_version", "config", "calls", "duration_s", "calls_per_s", "latency_ms", "errors", "generator", "histogram",

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from conftest import RunningServer, load_app, running_server, synapse_executable
 
-from synapse_cli import stats
-from synapse_cli.capacity import find_max
-from synapse_cli.report import BenchReport, CallCounts, Generator, RateResult
+from synapse_cli.bench.capacity import find_max
+from synapse_cli.bench.report import BenchReport, CallCounts, Generator, RateResult
+from synapse_cli.core import stats
 
 SLO = stats.parse_slo("p99<50ms,error_rate<0.1%")
 

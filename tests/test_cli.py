@@ -582,7 +582,8 @@ def invoke(monkeypatch: pytest.MonkeyPatch, *args: str, clean: bool = True) -> t
     (a graceful stop, or a forced one); (exit code, its calls)."""
     from typer.testing import CliRunner
 
-    from synapse_cli import cli, runner
+    from synapse_cli.cli import app as cli
+    from synapse_cli.server import runner
 
     calls: list[tuple[Any, ...]] = []
 
@@ -597,7 +598,7 @@ def invoke(monkeypatch: pytest.MonkeyPatch, *args: str, clean: bool = True) -> t
 
 def test_serve_with_no_options_forwards_the_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """`synapse serve` hands runner.run exactly Settings() (the defaults, defined once) and a banner callback."""
-    from synapse_cli.settings import Settings
+    from synapse_cli.core.settings import Settings
 
     status, calls = invoke(monkeypatch, "serve")
     assert status == 0
@@ -614,7 +615,7 @@ def test_serve_exits_130_when_the_stop_was_forced(monkeypatch: pytest.MonkeyPatc
 
 def test_serve_forwards_every_option_to_runner_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every serve option arrives in the Settings given to runner.run, converted, and nothing else happens."""
-    from synapse_cli.settings import Settings
+    from synapse_cli.core.settings import Settings
 
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_text("c")
@@ -642,7 +643,8 @@ def test_serve_reports_a_serve_error_as_a_usage_error(monkeypatch: pytest.Monkey
     """runner.ServeError (bad settings, app not found, port in use) is one error line, exit 2."""
     from typer.testing import CliRunner
 
-    from synapse_cli import cli, runner
+    from synapse_cli.cli import app as cli
+    from synapse_cli.server import runner
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise runner.ServeError("cannot listen on 127.0.0.1:8000: Address already in use")
@@ -753,9 +755,9 @@ def test_counts_agree_with_their_nouns() -> None:
 
     from rich.console import Console
 
-    from synapse_cli import render
-    from synapse_cli.settings import Settings
-    from synapse_cli.wire import close_text
+    from synapse_cli.cli import render
+    from synapse_cli.client.wire import close_text
+    from synapse_cli.core.settings import Settings
 
     one = [{"name": "f", "description": "", "params": {}, "result": {}}]
     for functions, title in ((one, "1 function "), (one * 2, "2 functions")):
@@ -982,7 +984,7 @@ def test_function_descriptions_render_as_text_on_a_terminal() -> None:
 
     from rich.console import Console
 
-    from synapse_cli import render
+    from synapse_cli.cli import render
 
     hostile = {"name": "f[red]", "description": "[link=http://evil]click[/link] \x1b[2J", "params": {}, "result": {}}
     out = io.StringIO()

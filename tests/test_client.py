@@ -31,7 +31,7 @@ from synapse_cli import (
     SynapseError,
     SyncClient,
 )
-from synapse_cli.client import backoff_delays
+from synapse_cli.client.client import backoff_delays
 
 BUILTINS = {"add_numbers", "echo", "sleep", "divide", "fail", "ticks", "events", "publish_event"}
 

@@ -29,10 +29,10 @@ import pytest
 from conftest import RunningServer, clean_env, running_server, synapse_executable, wait_for
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, WebSocket, expect, sync_playwright
 
-from synapse_cli.builtins import default_registry
-from synapse_cli.client import SyncClient
-from synapse_cli.docs import page as docs_html
-from synapse_cli.registry import Registry
+from synapse_cli.client.sync import SyncClient
+from synapse_cli.core.registry import Registry
+from synapse_cli.server.builtins import default_registry
+from synapse_cli.server.docs import page as docs_html
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -14,7 +14,7 @@ import pytest
 from conftest import RunningServer, clean_env, running_server, serve_process, synapse_executable
 
 from synapse_cli import Client, RPCError
-from synapse_cli.runner import load_registry
+from synapse_cli.server.runner import load_registry
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 README = Path(__file__).parent.parent / "README.md"

@@ -13,7 +13,9 @@ import synapse_cli
 
 # ``__main__`` is a script: importing it runs the command line, so it has no API to declare.
 MODULE_NAMES = sorted(
-    f"synapse_cli.{info.name}" for info in pkgutil.iter_modules(synapse_cli.__path__) if info.name != "__main__"
+    info.name
+    for info in pkgutil.walk_packages(synapse_cli.__path__, "synapse_cli.")
+    if info.name != "synapse_cli.__main__"
 )
 REEXPORTED = [name for name in synapse_cli.__all__ if name != "__version__"]
 
@@ -25,7 +27,9 @@ def module(name: str) -> ModuleType:
 
 def test_modules_found() -> None:
     """The package's modules are discovered (guards against an empty parametrization)."""
-    assert {"synapse_cli.protocol", "synapse_cli.registry", "synapse_cli.errors"} <= set(MODULE_NAMES)
+    assert {"synapse_cli.core.protocol", "synapse_cli.core.registry", "synapse_cli.core.errors"} <= set(MODULE_NAMES)
+    assert {"synapse_cli.core", "synapse_cli.server", "synapse_cli.client", "synapse_cli.bench"} <= set(MODULE_NAMES)
+    assert {"synapse_cli.cli", "synapse_cli.cli.serve", "synapse_cli.bench.driver"} <= set(MODULE_NAMES)
 
 
 @pytest.mark.parametrize("name", ["synapse_cli", *MODULE_NAMES])

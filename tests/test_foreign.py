@@ -19,9 +19,9 @@ from websockets.datastructures import Headers
 from websockets.frames import Close
 from websockets.http11 import Response
 
-from synapse_cli import foreign
-from synapse_cli.errors import ConnectError, ConnectionLost, SynapseError
-from synapse_cli.wire import HandshakeRefused
+from synapse_cli.client import foreign
+from synapse_cli.client.wire import HandshakeRefused
+from synapse_cli.core.errors import ConnectError, ConnectionLost, SynapseError
 
 URL = "ws://127.0.0.1:8000/ws"
 

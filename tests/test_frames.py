@@ -14,7 +14,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from synapse_cli.frames import (
+from synapse_cli.core.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,

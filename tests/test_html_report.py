@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from conftest import load_app, running_server
 
-from synapse_cli import html_report
-from synapse_cli.bench import BenchConfig, Call, run_bench
-from synapse_cli.report import BenchReport
-from synapse_cli.schedule import parse_rate
+from synapse_cli.bench import html_report
+from synapse_cli.bench.config import BenchConfig, Call
+from synapse_cli.bench.driver import run_bench
+from synapse_cli.bench.report import BenchReport
+from synapse_cli.bench.schedule import parse_rate
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 LAUNCH_FLAGS = [

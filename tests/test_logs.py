@@ -21,8 +21,9 @@ from conftest import synapse_executable, wait_for
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
-from synapse_cli.builtins import default_registry
-from synapse_cli.logs import JSONFormatter, RateLimitedLog, SafeLogFilter
+from synapse_cli.core.loglines import RateLimitedLog
+from synapse_cli.server.builtins import default_registry
+from synapse_cli.server.logs import JSONFormatter, SafeLogFilter
 
 
 def free_port() -> int:

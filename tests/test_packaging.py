@@ -61,8 +61,8 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_sdist_ships_the_whole_test_suite(sdist: Path) -> None:
-    """Every file of tests/ (conftest.py and the apps included) and examples/ is in the sdist."""
-    for folder in ("tests", "examples"):
+    """Every file of tests/ (conftest.py and the apps included), examples/ and docs/ is in the sdist."""
+    for folder in ("tests", "examples", "docs"):
         expected = {
             path.relative_to(ROOT).as_posix()
             for path in (ROOT / folder).rglob("*")

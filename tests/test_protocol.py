@@ -14,8 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synapse_cli import protocol
-from synapse_cli.protocol import (
+from synapse_cli.core import protocol
+from synapse_cli.core.encoding import (
+    decode_replies,
+    dump_json,
+    encode_call,
+    encode_cancel,
+    join_batch,
+    reply_body,
+    reply_error,
+    reply_result,
+)
+from synapse_cli.core.protocol import (
     CALL,
     CANCEL,
     DISCOVER,
@@ -34,14 +44,6 @@ from synapse_cli.protocol import (
     Reply,
     Request,
     decode_frame,
-    decode_replies,
-    dump_json,
-    encode_call,
-    encode_cancel,
-    join_batch,
-    reply_body,
-    reply_error,
-    reply_result,
 )
 
 # Every code SPEC §1.3 defines; decoding a frame can only ever produce the first two.

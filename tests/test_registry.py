@@ -11,10 +11,12 @@ from typing import Any
 import pydantic
 import pytest
 
-from synapse_cli.builtins import MAX_SLEEP_SECONDS, default_registry
-from synapse_cli.errors import RPCError
-from synapse_cli.protocol import ErrorInfo, dump_json, reply_error
-from synapse_cli.registry import Function, Registry, error_from_exception
+from synapse_cli.core.encoding import dump_json, reply_error
+from synapse_cli.core.errors import RPCError
+from synapse_cli.core.functions import Function
+from synapse_cli.core.protocol import ErrorInfo
+from synapse_cli.core.registry import Registry, error_from_exception
+from synapse_cli.server.builtins import MAX_SLEEP_SECONDS, default_registry
 
 
 class Point(pydantic.BaseModel):

@@ -6,10 +6,11 @@ import io
 
 from rich.console import Console
 
-from synapse_cli import render, stats
-from synapse_cli.builtins import default_registry
-from synapse_cli.capacity import Capacity, ProbeResult
-from synapse_cli.report import BenchReport, CallCounts, FunctionStats, Interval
+from synapse_cli.bench.capacity import Capacity, ProbeResult
+from synapse_cli.bench.report import BenchReport, CallCounts, FunctionStats, Interval
+from synapse_cli.cli import bench_render, render
+from synapse_cli.core import stats
+from synapse_cli.server.builtins import default_registry
 
 
 def _text(renderable: object, width: int = 120) -> str:
@@ -131,14 +132,14 @@ def bench_report_of(seconds: list[int], *, functions: int = 1) -> BenchReport:
 
 def test_sparkline_scales_to_the_highest_value() -> None:
     """Block characters from ▁ (any value above 0) to █ (the max); None is a blank."""
-    assert render.sparkline([0, 1, 2, 4, 8, None]) == "▁▁▂▄█ "
-    assert render.sparkline([]) == ""
-    assert render.sparkline([5.0] * 100, width=10) == "█" * 10
+    assert bench_render.sparkline([0, 1, 2, 4, 8, None]) == "▁▁▂▄█ "
+    assert bench_render.sparkline([]) == ""
+    assert bench_render.sparkline([5.0] * 100, width=10) == "█" * 10
 
 
 def test_over_time_chart_shows_a_stall_as_a_gap() -> None:
     """Ten seconds at 1,000 calls/s with seconds 4 and 5 at 0: full columns, two empty ones, the scale and p99."""
-    text = _text(render.over_time_chart(bench_report_of([1000] * 4 + [0, 0] + [1000] * 4), height=4))
+    text = _text(bench_render.over_time_chart(bench_report_of([1000] * 4 + [0, 0] + [1000] * 4), height=4))
     rows = text.splitlines()
     assert rows[0] == "over time (one column per second)"
     assert rows[1:] == [
@@ -153,7 +154,7 @@ def test_over_time_chart_shows_a_stall_as_a_gap() -> None:
 
 def test_bench_report_includes_the_chart_and_the_functions() -> None:
     """The full report of a multi-second, two-function run shows the over-time chart and a per-function table."""
-    text = _text(render.bench_report(bench_report_of([100, 200, 300], functions=2)), width=140)
+    text = _text(bench_render.bench_report(bench_report_of([100, 200, 300], functions=2)), width=140)
     assert "over time" in text and "per function" in text and "echo" in text
     assert "warm-up calls (excluded)" in text
 
@@ -164,8 +165,8 @@ def test_capacity_table_gives_the_answer() -> None:
         ProbeResult(100, 99.5, 1.0, 2.0, 0, 200, True, False),
         ProbeResult(200, 150, 9.0, 900, 3, 300, False, False),
     ]
-    assert "capacity: 100 calls/s" in _text(render.capacity_table(Capacity(100, False, probes)))
-    assert "at least 100 calls/s (generator-bound" in _text(render.capacity_table(Capacity(100, True, probes)))
-    assert "even the lowest probe missed" in _text(render.capacity_table(Capacity(None, False, probes[1:])))
-    line = render.probe_line(probes[1])
+    assert "capacity: 100 calls/s" in _text(bench_render.capacity_table(Capacity(100, False, probes)))
+    assert "at least 100 calls/s (generator-bound" in _text(bench_render.capacity_table(Capacity(100, True, probes)))
+    assert "even the lowest probe missed" in _text(bench_render.capacity_table(Capacity(None, False, probes[1:])))
+    line = bench_render.probe_line(probes[1])
     assert line.startswith("probe 200 calls/s: achieved 150") and "missed" in line

@@ -10,8 +10,8 @@ import pytest
 from conftest import histogram_of, recorded
 from hdrh.log import HistogramLogReader
 
-from synapse_cli import stats
-from synapse_cli.report import BenchReport, Interval, Window, check_slo, compare_reports, merge_reports
+from synapse_cli.bench.report import BenchReport, Interval, Window, check_slo, compare_reports, merge_reports
+from synapse_cli.core import stats
 
 # -- helpers -------------------------------------------------------------------------------------
 

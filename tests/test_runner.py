@@ -16,9 +16,9 @@ import pytest
 from conftest import APPS, running_server, synapse_executable
 from websockets.sync.client import connect
 
-from synapse_cli.registry import Registry
-from synapse_cli.runner import LoadError, check_import, load_registry
-from synapse_cli.server import Settings, bind_socket, is_loopback
+from synapse_cli.core.registry import Registry
+from synapse_cli.server.app import Settings, bind_socket, is_loopback
+from synapse_cli.server.runner import LoadError, check_import, load_registry
 
 
 def test_no_target_gives_the_builtins() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synapse_cli.schedule import ClosedSchedule, LoadShape, OpenSchedule, Stage, parse_duration, parse_rate
+from synapse_cli.bench.schedule import ClosedSchedule, LoadShape, OpenSchedule, Stage, parse_duration, parse_rate
 
 NS = 1_000_000_000
 

@@ -26,7 +26,7 @@ from conftest import close_code, serve_process, wait_for
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from synapse_cli.builtins import default_registry
+from synapse_cli.server.builtins import default_registry
 
 APPS = Path(__file__).parent / "apps"
 TIMEOUT = 5.0
@@ -953,8 +953,8 @@ def test_the_app_is_asgi3_for_any_server() -> None:
     """uvicorn (and others) detect the app's interface from `async def __call__`: ASGI 3, not 2."""
     import uvicorn
 
-    from synapse_cli.builtins import default_registry
-    from synapse_cli.server import create_app
+    from synapse_cli.server.app import create_app
+    from synapse_cli.server.builtins import default_registry
 
     config = uvicorn.Config(create_app(default_registry()), log_level="warning")
     config.load()

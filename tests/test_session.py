@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from synapse_cli import Registry, RPCError
-from synapse_cli.session import Reply, Session, Start, Stop
+from synapse_cli.core.session import Reply, Session, Start, Stop
 
 
 def make_registry() -> Registry:

@@ -7,8 +7,8 @@ import random
 import pytest
 from conftest import histogram_of, recorded
 
-from synapse_cli import stats
-from synapse_cli.stats import SloRule
+from synapse_cli.core import stats
+from synapse_cli.core.stats import SloRule
 
 HDR_PRECISION = 1e-3  # 3 significant digits: any value is within 0.1 % of the one recorded
 

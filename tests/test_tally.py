@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from synapse_cli import stats
-from synapse_cli.tally import Tally
+from synapse_cli.bench.tally import Tally
+from synapse_cli.core import stats
 
 NS = 1_000_000_000
 MS = 1_000_000

@@ -803,7 +803,7 @@ async def test_a_frame_announcing_2_63_bytes_fails_the_calls_at_once_with_1009()
 
 async def test_a_50_mib_reply_fails_at_once_and_close_does_not_wait_for_the_server() -> None:
     """A 50 MiB reply (over the 16 MiB default): fails on its header; close() then takes ≤ CLOSE_TIMEOUT."""
-    from synapse_cli.wire import CLOSE_TIMEOUT
+    from synapse_cli.client.wire import CLOSE_TIMEOUT
 
     assert CLOSE_TIMEOUT <= 1.0
     async with raw_server() as (url, accepted):
@@ -901,7 +901,7 @@ async def test_an_error_naming_no_call_among_several_is_logged(client_log: Recor
 
 async def test_a_ping_flood_while_the_server_does_not_read_is_bounded() -> None:
     """Unasked pings from a server that reads nothing: pongs are dropped, the write buffer stays bounded."""
-    from synapse_cli.wire import HIGH_WATER
+    from synapse_cli.client.wire import HIGH_WATER
 
     async with connected(receive_buffer=4096) as (client, peer):
         peer.transport.pause_reading()  # the server stops reading what the client writes

@@ -10,7 +10,7 @@ import asyncio
 import random
 from pathlib import Path
 
-from synapse_cli.builtins import default_registry
+from synapse_cli.server.builtins import default_registry
 
 registry = default_registry()
 
