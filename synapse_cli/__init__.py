@@ -17,6 +17,7 @@ __all__ = [
     "CallTimeout",
     "Client",
     "ConnectError",
+    "Context",
     "ConnectionLost",
     "InvalidReply",
     "RPCError",
@@ -31,6 +32,7 @@ _LOCATIONS = {
     "CallTimeout": "synapse_cli.core.errors",
     "ConnectError": "synapse_cli.core.errors",
     "ConnectionLost": "synapse_cli.core.errors",
+    "Context": "synapse_cli.core.context",
     "InvalidReply": "synapse_cli.core.errors",
     "RPCError": "synapse_cli.core.errors",
     "SynapseError": "synapse_cli.core.errors",
@@ -43,6 +45,7 @@ _LOCATIONS = {
 if TYPE_CHECKING:
     from synapse_cli.client.client import Client
     from synapse_cli.client.sync import SyncClient, call
+    from synapse_cli.core.context import Context
     from synapse_cli.core.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError, SynapseError
     from synapse_cli.core.registry import Registry
 

@@ -955,3 +955,23 @@ def test_reply_body_wraps_an_encoded_result_as_reply_result_does(dialect: Dialec
         body = dump_json(result)
         assert body is not None
         assert reply_body(request_id, dialect, body) == reply_result(request_id, dialect, result)
+
+
+REPLIES = {
+    "native": ('{"id": "s:1", "result": 3, "error": null}', protocol.Reply("s:1", 3)),
+    "native error": (
+        '{"id": "s:2", "result": null, "error": {"code": 7, "message": "m", "data": [1]}}',
+        protocol.Reply("s:2", None, ErrorInfo(7, "m", [1], verbatim=True)),
+    ),
+    "jsonrpc": ('{"jsonrpc": "2.0", "result": [1], "id": "s:3"}', protocol.Reply("s:3", [1])),
+    "unknown member": (
+        '{"id": "s:4", "result": 1, "extra": 2}',
+        protocol.Reply("s:4", None, ErrorInfo(INVALID_REQUEST, "invalid reply: unknown member: extra"), "invalid"),
+    ),
+}
+
+
+@pytest.mark.parametrize("text, expected", REPLIES.values(), ids=REPLIES.keys())
+def test_a_reply_shaped_message_decodes_as_a_reply(text: str, expected: protocol.Reply) -> None:
+    """result or error and nothing of a request: a reply to a call this side sent (kind "invalid" if malformed)."""
+    assert decode_frame(text).items == [expected]

@@ -6,9 +6,12 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
-from synapse_cli import Registry, RPCError
-from synapse_cli.core.session import Reply, Session, Start, Stop
+from synapse_cli import Context, Registry, RPCError
+from synapse_cli.core.context import Caller, Headers
+from synapse_cli.core.protocol import ErrorInfo
+from synapse_cli.core.session import Answered, Reply, Session, Start, Stop
 
 
 def make_registry() -> Registry:
@@ -190,3 +193,100 @@ def test_list_and_discover_describe_the_registry() -> None:
     assert [f["name"] for f in listed["result"]["functions"]] == ["add", "wait", "refuse"]
     [document] = replies(s.receive('{"jsonrpc": "2.0", "id": 2, "method": "rpc.discover"}'))
     assert document["result"]["info"]["version"] == "9.9"
+
+
+# -- the call context and calls to the peer ----------------------------------------------------------
+
+
+def context_registry() -> Registry:
+    registry = Registry(requires=lambda ctx: ctx.identity != "banned")
+
+    @registry.function(inline=True)
+    def who(ctx: Context, tag: str) -> list[Any]:
+        """Inline, with its context first."""
+        return [ctx.identity, ctx.connection_id, ctx.remote_address, ctx.headers["x-tag"], ctx.dialect, tag]
+
+    async def later(ctx: Context) -> None:
+        """An async check: it runs in the call's task."""
+
+    @registry.function(requires=later)
+    async def checked(value: int, ctx: Context) -> int:
+        """A coroutine function behind an async check."""
+        return value
+
+    return registry
+
+
+def context_session(identity: str | None) -> Session:
+    caller = Caller(7, "127.0.0.1:5000", Headers([("X-Tag", "a"), ("x-tag", "b")]), identity)
+    return Session(context_registry(), clock=lambda: 0.0, caller=caller)
+
+
+def test_a_context_parameter_is_filled_in_by_the_session() -> None:
+    """The connection's caller and the call's dialect reach an inline function's Context."""
+    actions = context_session("alice").receive('{"jsonrpc": "2.0", "id": 1, "method": "who", "params": ["t"]}')
+    assert actions == [Reply(b'{"jsonrpc":"2.0","result":["alice",7,"127.0.0.1:5000","a, b","jsonrpc","t"],"id":1}')]
+
+
+def test_a_sync_check_refuses_at_once_and_an_async_one_guards_the_start() -> None:
+    """A registry's sync check that returns False answers -32007 now; an async check becomes the Start's guard."""
+    [refused] = replies(context_session("banned").receive('{"id": 1, "func": "who", "args": ["t"]}'))
+    assert refused == {"id": 1, "result": None, "error": {"code": -32007, "message": "forbidden: who"}}
+    [start] = context_session("alice").receive('{"id": 2, "func": "checked", "args": [5]}')
+    assert type(start) is Start and start.guard is not None
+    assert start.args[0] == 5 and type(start.args[1]) is Context and start.args[1].call_id == 2
+
+
+def test_a_call_to_the_peer_is_written_and_its_reply_answered() -> None:
+    """send_call writes a request with an "s:" id; the peer's reply comes back as Answered for that key."""
+    s = session()
+    key, actions = s.send_call("echo", [1], "native")
+    assert (key, actions) == ("s:1", [Reply(b'{"id":"s:1","func":"echo","args":[1]}')])
+    key2, actions = s.send_call("echo", {"value": 2}, "jsonrpc")
+    assert actions == [Reply(b'{"jsonrpc":"2.0","method":"echo","params":{"value":2},"id":"s:2"}')]
+    assert s.receive('{"jsonrpc": "2.0", "result": 2, "id": "s:2"}') == [Answered(key2, 2)]
+    assert s.receive('{"id": "s:1", "result": null, "error": {"code": -32601, "message": "no"}}') == [
+        Answered(key, None, ErrorInfo(-32601, "no", verbatim=True))
+    ]
+    assert s.outgoing.waiting == {}
+
+
+def test_replies_to_unknown_or_withdrawn_ids_are_ignored() -> None:
+    """A reply to an id never sent, or to a call withdrawn (its cancel written), gives no action at all."""
+    s = session()
+    assert s.receive('{"id": "s:1", "result": 1, "error": null}') == []
+    assert s.receive('{"id": 5, "result": 1}') == []
+    key, _ = s.send_call("echo", [1], "native")
+    assert s.withdraw_call(key) == [Reply(b'{"op":"cancel","id":"s:1"}')]
+    assert s.withdraw_call(key) == []
+    assert s.receive('{"id": "s:1", "result": 1, "error": null}') == []
+
+
+def test_a_malformed_reply_to_a_waiting_call_is_answered_invalid() -> None:
+    """A reply with both result and error (JSON-RPC) or a bad error member ends the call as invalid."""
+    s = session()
+    key, _ = s.send_call("echo", [1], "jsonrpc")
+    [answered] = s.receive('{"jsonrpc": "2.0", "result": 1, "error": null, "id": "s:1"}')
+    assert type(answered) is Answered and answered.key == key and answered.invalid
+    assert answered.error == ErrorInfo(
+        -32600, 'invalid reply: a JSON-RPC reply has "jsonrpc": "2.0" and one of result or error'
+    )
+
+
+def test_replies_inside_a_batch_are_answered_without_a_slot() -> None:
+    """A batch mixing a reply and a call: the reply is Answered, the batch's reply holds only the call's."""
+    s = session()
+    key, _ = s.send_call("echo", [1], "native")
+    actions = s.receive('[{"id": "s:1", "result": 1, "error": null}, {"id": 2, "func": "add", "args": [1, 1]}]')
+    assert actions == [Reply(b'[{"id":2,"result":2,"error":null}]'), Answered(key, 1)]
+
+
+def test_a_notification_to_the_peer_is_jsonrpc_in_both_dialects() -> None:
+    """send_notification writes a JSON-RPC notification; params JSON cannot carry are a ValueError."""
+    s = session()
+    assert s.send_notification("progress", {"step": 1}) == [
+        Reply(b'{"jsonrpc":"2.0","method":"progress","params":{"step":1}}')
+    ]
+    assert s.send_notification("ping", None) == [Reply(b'{"jsonrpc":"2.0","method":"ping"}')]
+    with pytest.raises(ValueError, match="cannot be sent as JSON"):
+        s.send_notification("bad", [float("nan")])

@@ -207,6 +207,11 @@ def serve_banner(settings: Any, functions: list[dict[str, Any]], *, version: str
 
 def _serve_details(settings: Any) -> dict[str, str]:
     auth = "bearer token required" if settings.token else "none" if settings.insecure else "none (loopback only)"
+    if settings.tokens:
+        count = len(settings.tokens) + (settings.token is not None)
+        identities = len(set(settings.tokens.values()))
+        tokens = f"{count} token" + ("s" if count != 1 else "")
+        auth = f"bearer token required ({tokens}, {identities} identit{'ies' if identities != 1 else 'y'})"
     details = {
         "auth": auth,
         "limits": f"{settings.max_message_size} B/message, {settings.max_connections} connections, "

@@ -28,6 +28,12 @@ def serve(
         int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="Port (0: any free port).")
     ] = DEFAULTS.port,
     token: TokenOption = DEFAULTS.token,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, metavar="FILE", help="More tokens, one TOKEN,IDENTITY per line (ctx.identity)."
+        ),
+    ] = None,
     allow_origins: Annotated[
         list[str] | None,
         typer.Option("--allow-origin", metavar="ORIGIN", help="Browser origin to accept (repeatable)."),
@@ -105,9 +111,22 @@ def _settings(options: dict[str, Any]) -> Settings:
     fields = {field.name for field in dataclasses.fields(Settings)}
     values = {name: value for name, value in options.items() if name in fields}
     values["allow_origins"] = tuple(values["allow_origins"] or ())
+    if options["token_file"] is not None:
+        values["tokens"] = _read_tokens(options["token_file"])
     values.update({name: str(values[name]) for name in ("certfile", "keyfile") if values[name] is not None})
     values.update(log_level=values["log_level"].lower(), log_format=values["log_format"].lower())
     return Settings(**values)
+
+
+def _read_tokens(path: Path) -> dict[str, str]:
+    from synapse_cli.server.tokens import read_token_file
+
+    try:
+        return read_token_file(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _print_banner(settings: Settings, functions: list[dict[str, Any]]) -> None:

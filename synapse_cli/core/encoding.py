@@ -36,6 +36,7 @@ __all__ = [
     "encode_end",
     "encode_item",
     "encode_list",
+    "encode_notification",
     "join_batch",
     "reply_body",
     "reply_error",
@@ -187,6 +188,20 @@ def encode_call(
     if dialect == NATIVE:
         return b'{"id":' + _id_json(request_id) + b',"func":' + name + b',"args":' + body + b"}"
     return b'{"jsonrpc":"2.0","method":' + name + b',"params":' + body + b',"id":' + _id_json(request_id) + b"}"
+
+
+def encode_notification(method: str, params: list[Any] | dict[str, Any] | None) -> bytes:
+    """A JSON-RPC notification (no id: no reply), in both dialects: the native one has none of its own.
+
+    ValueError for params JSON cannot carry.
+    """
+    head = b'{"jsonrpc":"2.0","method":' + orjson.dumps(method)
+    if params is None:
+        return head + b"}"
+    body = dump_json(params)
+    if body is None:
+        raise ValueError(f"the params of {method} cannot be sent as JSON (NaN, Infinity, sets, 64+ bit integers...)")
+    return head + b',"params":' + body + b"}"
 
 
 def encode_list(request_id: Any) -> bytes:

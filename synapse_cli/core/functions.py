@@ -25,6 +25,7 @@ from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import SchemaValidator
 
+from synapse_cli.core.context import Check, Context, is_async_check
 from synapse_cli.core.encoding import dump_json
 from synapse_cli.core.errors import RPCError
 from synapse_cli.core.protocol import INTERNAL_ERROR, INVALID_PARAMS
@@ -83,6 +84,10 @@ class Function:
             return types (and none declared) take :func:`~synapse_cli.core.encoding.dump_json` itself, with
             no cost per call; others (bytes, sets, Decimal, datetime, dataclasses, models...) go through
             pydantic's serializer for the annotation.
+        context: the parameter annotated :class:`~synapse_cli.core.context.Context` (None: there is none).
+            It is not in the schema; the server fills it in (:meth:`with_context`).
+        checks: what must allow a call before it runs (the registry's, then the function's own);
+            the first ``sync_checks`` of them are sync.
     """
 
     name: str
@@ -104,14 +109,24 @@ class Function:
     stream: bool = False
     _scalars: tuple[frozenset[type], ...] | None = None  # the types each parameter takes, when all are plain
     _widen: tuple[bool, ...] | None = None  # which of them turn an int into a float (None: none does)
+    context: str | None = None
+    _context_index: int | None = None  # the context's place among the positional parameters (None: by name)
+    checks: tuple[Check, ...] = ()
+    sync_checks: int = 0
+    contextual: bool = False  # a call needs its Context: for the parameter, or for the checks
 
     @classmethod
-    def build(cls, func: Callable[..., Any], *, name: str, inline: bool) -> Function:
+    def build(cls, func: Callable[..., Any], *, name: str, inline: bool, checks: tuple[Check, ...] = ()) -> Function:
         """Inspect ``func`` once: its validator, its schemas, how positional arguments map to names."""
-        core_schema = generate_arguments_schema(func)
         signature = inspect.signature(func)
         kinds = inspect.Parameter
         params = list(signature.parameters.values())
+        context, context_index = _context_parameter(func, params, name)
+        if context is None:
+            core_schema = generate_arguments_schema(func)
+        else:  # the Context is the server's to fill in: no schema, and callers cannot send it
+            core_schema = generate_arguments_schema(func, parameters_callback=lambda _, p, __: _skip(p, context))
+            params = [p for p in params if p.name != context]
         hint = _return_hint(func)
         stream = inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func)
         if stream:
@@ -146,10 +161,26 @@ class Function:
             encode_result=dump_json,
             _result_adapter=adapter,
             _declared=_type_name(hint) if declared else "Any",
+            context=context,
+            _context_index=context_index,
+            checks=checks,
+            sync_checks=next((i for i, check in enumerate(checks) if is_async_check(check)), len(checks)),
+            contextual=context is not None or bool(checks),
         )
         if not plain:
             entry.encode_result = entry._encode_declared
         return entry
+
+    def with_context(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: Context
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A bound call (:meth:`bind`'s) with the call's context put in its parameter's place."""
+        index = self._context_index
+        if self.context is None:
+            return args, kwargs
+        if index is None:
+            return args, {**kwargs, self.context: ctx}
+        return (*args[:index], ctx, *args[index:]), kwargs
 
     def _encode_declared(self, result: Any) -> bytes | None:
         """The result serialized as the return annotation declares it (bytes, sets, models...), or None."""
@@ -304,6 +335,31 @@ def _plain_parameters(func: Callable[..., Any], params: list[inspect.Parameter])
         else:
             return None
     return tuple(kinds)
+
+
+def _skip(parameter: str, context: str) -> typing.Literal["skip"] | None:
+    return "skip" if parameter == context else None
+
+
+def _context_parameter(
+    func: Callable[..., Any], params: list[inspect.Parameter], name: str
+) -> tuple[str | None, int | None]:
+    """The parameter annotated ``Context`` and its place among the positional ones ((None, None): none)."""
+    try:
+        hints = inspect.get_annotations(func, eval_str=True)
+    except Exception:  # an annotation that cannot be evaluated: pydantic words the problem
+        return None, None
+    found = [param for param in params if hints.get(param.name) is Context]
+    if not found:
+        return None, None
+    if len(found) > 1:
+        raise ValueError(f"function {name!r} takes more than one Context parameter")
+    param = found[0]
+    kinds = inspect.Parameter
+    if param.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD):
+        raise ValueError(f"function {name!r}: the Context parameter cannot be *{param.name} or **{param.name}")
+    positional = [p.name for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)]
+    return param.name, positional.index(param.name) if param.name in positional else None
 
 
 def _type_name(hint: Any) -> str:

@@ -2,7 +2,8 @@
 
 Two dialects share the ``/ws`` endpoint (SPEC §1): the native ``{id, op, func, args}`` /
 ``{id, result, error}`` and JSON-RPC 2.0. :func:`decode_frame` turns one WebSocket text frame into
-:class:`Request` and :class:`Invalid` items; the ``reply_*`` functions turn outcomes back into bytes in
+:class:`Request` and :class:`Invalid` items (and :class:`Reply` items: the peer answering a call this
+side sent, a server-to-client call); the ``reply_*`` functions turn outcomes back into bytes in
 the dialect of the request (:mod:`synapse_cli.core.encoding`, with the client half: :func:`encode_call`,
 :func:`decode_replies`). Nothing in this module touches a socket or an event loop.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "CANCEL",
     "CANCELLED",
     "DISCOVER",
+    "FORBIDDEN",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INT64_MIN",
@@ -62,6 +64,7 @@ CANCELLED: Final = -32002
 SHUTTING_DOWN: Final = -32003
 SUBSCRIBER_TOO_SLOW: Final = -32004
 BROKER_UNAVAILABLE: Final = -32005
+FORBIDDEN: Final = -32007  # a check of the call's context refused it (Registry(requires=...))
 
 CALL: Final = "call"
 LIST: Final = "list"
@@ -77,6 +80,7 @@ UINT64_END: Final = 2**64
 
 _NATIVE_KEYS: Final = frozenset({"id", "op", "func", "args"})
 _JSONRPC_KEYS: Final = frozenset({"jsonrpc", "method", "params", "id"})
+_REPLY_KEYS: Final = frozenset({"jsonrpc", "id", "result", "error"})
 _OPS: Final = {"call": CALL, "list": LIST, "cancel": CANCEL}
 _SCALARS: Final = frozenset({int, str, bool, type(None)})
 # A string token (skipped whole), a number token, or a bracket: enough to check what orjson lets pass.
@@ -131,7 +135,7 @@ class Invalid:
 class Frame:
     """What one text frame held: its items, and whether they came as a batch (array)."""
 
-    items: list[Request | Invalid]
+    items: list[Request | Invalid | Reply]  # a Reply: the peer answers a call this side sent
     batch: bool = False
 
 
@@ -143,7 +147,7 @@ class Reply:
     id: Any
     result: Any = None
     error: ErrorInfo | None = None
-    kind: str = "reply"  # "reply", "item" (``result`` is the item) or "end" (of a JSON-RPC stream)
+    kind: str = "reply"  # "reply", "item" (``result`` is the item), "end" (of a JSON-RPC stream), "invalid"
     subscription: str | None = None
 
 
@@ -318,7 +322,43 @@ def _dialect_of(obj: Any) -> Dialect | None:
     return None
 
 
-def _decode_item(obj: Any, fallback: Dialect) -> Request | Invalid:
+def _decode_reply(obj: dict[str, Any]) -> Reply:
+    """A peer's reply to a call this side sent (a server-to-client call); kind "invalid" when malformed.
+
+    Native ``{"id", "result", "error"}``, JSON-RPC ``{"jsonrpc": "2.0", "result" | "error", "id"}``.
+    """
+    request_id = obj.get("id")
+    error = obj.get("error")
+    problem = None
+    if not _REPLY_KEYS.issuperset(obj):
+        problem = f"unknown member: {sorted(obj.keys() - _REPLY_KEYS)[0]}"
+    elif "jsonrpc" in obj and (obj["jsonrpc"] != "2.0" or ("result" in obj) == ("error" in obj)):
+        problem = 'a JSON-RPC reply has "jsonrpc": "2.0" and one of result or error'
+    elif error is not None and not (
+        type(error) is dict and type(error.get("code")) is int and type(error.get("message")) is str
+    ):
+        problem = "error must be null or an object with an integer code and a string message"
+    if problem is not None:
+        return Reply(request_id, None, ErrorInfo(INVALID_REQUEST, f"invalid reply: {problem}"), "invalid")
+    if error is None:
+        return Reply(request_id, obj.get("result"))
+    return Reply(request_id, None, ErrorInfo(error["code"], error["message"], error.get("data"), verbatim=True))
+
+
+def _is_reply(obj: Any) -> bool:
+    """An object with ``result`` or ``error`` and nothing of a request: a reply, not a call."""
+    return (
+        type(obj) is dict
+        and ("result" in obj or "error" in obj)
+        and "method" not in obj
+        and "func" not in obj
+        and "op" not in obj
+    )
+
+
+def _decode_item(obj: Any, fallback: Dialect) -> Request | Invalid | Reply:
+    if _is_reply(obj):
+        return _decode_reply(obj)
     dialect = _dialect_of(obj)
     if dialect == JSONRPC:
         return _decode_jsonrpc(obj)

@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar, overload
 
 import orjson
 
+from synapse_cli.core.context import Requires, checks_of
 from synapse_cli.core.errors import RPCError
 from synapse_cli.core.functions import Function
 from synapse_cli.core.loglines import RateLimitedLog, loggable
@@ -41,11 +42,18 @@ class Registry:
 
         @registry.function(name="now", inline=True)
         def current_time() -> float: ...
+
+    Args:
+        requires: checks every call of every function of this registry must pass before it runs: a
+            callable taking the call's :class:`~synapse_cli.core.context.Context` (sync or async), or a
+            list of them, run in order. A check refuses by returning ``False`` (-32007 "forbidden") or
+            raising :class:`~synapse_cli.core.errors.RPCError`. A function's own ``requires`` run after.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, requires: Requires = None) -> None:
         self._functions: dict[str, Function] = {}
         self.topics: dict[str, Topic] = {}
+        self.requires = checks_of(requires)
 
     def topic(self, name: str, *, description: str | None = None) -> Topic:
         """Register a topic: a stream function ``name`` whose items are what ``topic.publish`` sends.
@@ -73,30 +81,38 @@ class Registry:
     def function(self, func: F, /) -> F: ...
 
     @overload
-    def function(self, *, name: str | None = None, inline: bool = False) -> Callable[[F], F]: ...
+    def function(
+        self, *, name: str | None = None, inline: bool = False, requires: Requires = None
+    ) -> Callable[[F], F]: ...
 
-    def function(self, func: Any = None, *, name: str | None = None, inline: bool = False) -> Any:
+    def function(
+        self, func: Any = None, *, name: str | None = None, inline: bool = False, requires: Requires = None
+    ) -> Any:
         """Register a function (a decorator, with or without arguments).
 
         Args:
             name: the name callers use (default: the function's ``__name__``).
             inline: run a cheap, non-blocking sync function on the event loop instead of a thread.
+            requires: checks a call must pass before it runs (after the registry's), as for ``Registry``.
         """
 
         def register(target: F) -> F:
-            self.add(target, name=name, inline=inline)
+            self.add(target, name=name, inline=inline, requires=requires)
             return target
 
         return register(func) if func is not None else register
 
-    def add(self, func: Callable[..., Any], *, name: str | None = None, inline: bool = False) -> Function:
+    def add(
+        self, func: Callable[..., Any], *, name: str | None = None, inline: bool = False, requires: Requires = None
+    ) -> Function:
         """Register ``func`` without the decorator syntax; returns its :class:`Function`."""
         name = name or func.__name__
         if not name or len(name) > MAX_NAME_LENGTH or name.startswith("rpc."):
             raise ValueError(f"invalid function name {name!r}: 1-{MAX_NAME_LENGTH} chars, not starting with 'rpc.'")
         if name in self._functions:
             raise ValueError(f"function {name!r} is already registered")
-        entry = Function.build(func, name=name, inline=inline)
+        checks = self.requires + checks_of(requires)
+        entry = Function.build(func, name=name, inline=inline, checks=checks)
         self._functions[name] = entry
         return entry
 

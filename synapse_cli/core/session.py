@@ -7,6 +7,10 @@ replies of a batch, holds calls past ``max_inflight`` until a slot frees, and wo
 cancellations and the drain at shutdown included. It never touches a socket, a task or a clock: the
 asyncio driver (``connection.py``) reads, feeds the session, runs what it starts and writes what it
 returns, so everything here is tested with strings in and actions out.
+
+The other way too: a function's :class:`~synapse_cli.core.context.Context` calls the peer (``ctx.call``)
+through :meth:`Session.send_call`; the peer's reply comes back through :meth:`Session.receive` as an
+:class:`~synapse_cli.core.outgoing.Answered` action (:mod:`synapse_cli.core.outgoing` keeps the ids).
 """
 
 from __future__ import annotations
@@ -14,17 +18,19 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from synapse_cli.core import encoding, protocol
+from synapse_cli.core.context import Caller, Channel, Context, prepare_call
 from synapse_cli.core.errors import RPCError
 from synapse_cli.core.functions import Function
+from synapse_cli.core.outgoing import Answered, Outgoing
 from synapse_cli.core.protocol import CALL, CANCEL, LIST, NATIVE, ErrorInfo, Invalid, Request
 from synapse_cli.core.registry import Registry, error_from_exception
 
-__all__ = ["Action", "Observer", "Reply", "Session", "Start", "Stop"]
+__all__ = ["Action", "Answered", "Observer", "Reply", "Session", "Start", "Stop"]
 
 
 @dataclass(slots=True)
@@ -36,12 +42,14 @@ class Reply:
 
 @dataclass(slots=True)
 class Start:
-    """Run ``function(*args, **kwargs)``; report its end with :meth:`Session.finish`."""
+    """Run ``function(*args, **kwargs)`` (after awaiting ``guard()``, if any); report its end with
+    :meth:`Session.finish`."""
 
     key: Any
     function: Function
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    guard: Callable[[], Awaitable[None]] | None = None  # the call's async checks (raise to refuse it)
 
 
 @dataclass(slots=True)
@@ -51,7 +59,7 @@ class Stop:
     key: Any
 
 
-Action = Reply | Start | Stop
+Action = Reply | Start | Stop | Answered
 
 
 class Observer(Protocol):
@@ -92,6 +100,7 @@ class _Call:
     slot: int = 0
     running: bool = False
     subscription: str | None = None  # a JSON-RPC stream's id: its items and end name it
+    guard: Callable[[], Awaitable[None]] | None = None
 
 
 def _key_of(request_id: Any) -> Any:
@@ -110,6 +119,10 @@ class Session:
         version: the server version ``rpc.discover`` reports.
         observer: told of every answered call and protocol error (metrics).
         clock: seconds, for call durations (``time.perf_counter``).
+        caller: what the connection knows of its peer, for each call's Context.
+
+    Attributes:
+        channel: the way back to the peer a Context's ``notify`` and ``call`` take (set by the driver).
     """
 
     def __init__(
@@ -122,6 +135,7 @@ class Session:
         version: str = "0",
         observer: Observer | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        caller: Caller | None = None,
     ) -> None:
         self.registry = registry
         self.max_inflight = max_inflight
@@ -136,6 +150,9 @@ class Session:
         self.subscriptions: dict[str, Any] = {}  # JSON-RPC stream id -> call key
         self._subscription_ids = itertools.count(1)
         self.draining = False
+        self.caller = caller or Caller()
+        self.channel: Channel | None = None
+        self.outgoing = Outgoing()  # calls sent to the peer, waiting for its reply
 
     @property
     def saturated(self) -> bool:
@@ -207,14 +224,42 @@ class Session:
             return self._stop(key, protocol.INTERNAL_ERROR)
         return [Reply(data)]
 
+    # -- calls to the peer (a Context's call and notify) -------------------------------------------
+
+    def send_call(
+        self, func: str, args: list[Any] | dict[str, Any], dialect: protocol.Dialect
+    ) -> tuple[str, list[Action]]:
+        """Call ``func`` on the peer: the call's key and the request to write (its reply: ``Answered``).
+
+        ValueError for arguments JSON cannot carry.
+        """
+        key, data = self.outgoing.send(func, args, dialect)
+        return key, [Reply(data)]
+
+    def withdraw_call(self, key: str) -> list[Action]:
+        """The call ``key`` to the peer is no longer awaited (timed out, cancelled): ``cancel`` it there."""
+        data = self.outgoing.withdraw(key)
+        return [] if data is None else [Reply(data)]
+
+    def send_notification(self, method: str, params: list[Any] | dict[str, Any] | None) -> list[Action]:
+        """A notification to the peer (no reply); ValueError for params JSON cannot carry."""
+        return [Reply(encoding.encode_notification(method, params))]
+
     # -- deciding ----------------------------------------------------------------------------------
 
-    def _accept(self, item: Request | Invalid, batch: _Batch | None, slot: int, actions: list[Action]) -> bytes | None:
+    def _accept(
+        self, item: Request | Invalid | protocol.Reply, batch: _Batch | None, slot: int, actions: list[Action]
+    ) -> bytes | None:
         """Answer ``item`` now (its reply, or None) or accept it as a call (its reply comes later)."""
         if type(item) is Invalid:
             if self.observer is not None:
                 self.observer.protocol_error(item.error.code, item.error.message)
             return encoding.reply_error(item.id, item.dialect, item.error)
+        if type(item) is protocol.Reply:  # the peer answers a call we sent it
+            answered = self.outgoing.answer(item)
+            if answered is not None:
+                actions.append(answered)
+            return None
         assert type(item) is Request
         kind = item.kind
         if kind != CALL:
@@ -236,9 +281,17 @@ class Session:
             known = exc.code != protocol.METHOD_NOT_FOUND  # unknown names would make labels unbounded
             self._observe(item.func if known else "<unknown>", str(exc.code), start, item.id)
             return _error(item, ErrorInfo(exc.code, exc.message, exc.data))
-        if function.inline and not function.is_async:
+        guard = None
+        if function.contextual:
+            try:
+                args, kwargs, guard = self._with_context(item, function, args, kwargs)
+            except Exception as exc:  # a check refused the call (or failed)
+                error = error_from_exception(exc, debug=self.debug, function=function.name)
+                self._observe(function.name, str(error.code), start, item.id)
+                return _error(item, error)
+        if function.inline and not function.is_async and guard is None:
             return self._run_inline(item, function, args, kwargs, start)
-        call = _Call(item, function, args, kwargs, start, batch=batch, slot=slot)
+        call = _Call(item, function, args, kwargs, start, batch=batch, slot=slot, guard=guard)
         reply = None
         if function.stream:
             if item.notification:
@@ -256,6 +309,15 @@ class Session:
         else:
             self.held.append(key)
         return reply
+
+    def _with_context(
+        self, item: Request, function: Function, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], Callable[[], Awaitable[None]] | None]:
+        """The call's Context in its parameter, its sync checks run (raising a refusal), its async ones to come."""
+        ctx = Context(self.caller, item.dialect, item.id, function.name, self.channel)
+        guard = prepare_call(function.checks, function.sync_checks, ctx) if function.checks else None
+        args, kwargs = function.with_context(args, kwargs, ctx)
+        return args, kwargs, guard
 
     def _unsubscribe(self, item: Request, actions: list[Action]) -> bytes | None:
         """``rpc.unsubscribe`` with ``[subscription]``: stop that stream; true if it was running."""
@@ -289,7 +351,7 @@ class Session:
     def _launch(self, key: Any, call: _Call, actions: list[Action]) -> None:
         call.running = True
         self.running += 1
-        actions.append(Start(key, call.function, call.args, call.kwargs))
+        actions.append(Start(key, call.function, call.args, call.kwargs, call.guard))
 
     def _start_held(self, actions: list[Action]) -> None:
         while self.held and self.running < self.max_inflight:

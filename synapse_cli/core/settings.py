@@ -5,7 +5,8 @@ Light on purpose (no asyncio, no server code): the CLI reads its option defaults
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_HOST",
@@ -37,6 +38,7 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     token: str | None = None
+    tokens: Mapping[str, str] = field(default_factory=dict)  # more tokens: token -> the identity it gives
     allow_origins: tuple[str, ...] = ()
     insecure: bool = False
     certfile: str | None = None
@@ -67,7 +69,7 @@ class Settings:
 
     def check(self) -> None:
         """ValueError for settings that cannot work together (``synapse serve`` exits 2 with it)."""
-        if not is_loopback(self.host) and self.token is None and not self.insecure:
+        if not is_loopback(self.host) and self.token is None and not self.tokens and not self.insecure:
             raise ValueError(f"refusing to listen on {self.host} without --token (add --insecure to allow it)")
         if bool(self.certfile) != bool(self.keyfile):
             raise ValueError("--certfile and --keyfile go together")

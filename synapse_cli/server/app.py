@@ -11,11 +11,8 @@ Processes, signals and user code are ``runner.py``'s.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import contextlib
-import hmac
 import itertools
 import logging
 import socket
@@ -25,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from synapse_cli.core.context import Caller, Headers
 from synapse_cli.core.errors import RPCError
 from synapse_cli.core.registry import Registry
 from synapse_cli.core.session import Session
@@ -33,6 +31,8 @@ from synapse_cli.server.broker import RedisBroker
 from synapse_cli.server.connection import Connection, Link
 from synapse_cli.server.docs import page
 from synapse_cli.server.metrics import Metrics
+from synapse_cli.server.tokens import BEARER_PREFIX, Tokens
+from synapse_cli.server.tokens import offered_subprotocols as _subprotocols
 
 __all__ = [
     "DEFAULT_HOST",
@@ -71,6 +71,7 @@ class ServerState:
     metrics: Metrics = field(init=False)
     threads: ThreadPoolExecutor = field(init=False)
     broker: RedisBroker | None = field(init=False)
+    tokens: Tokens = field(init=False)
 
     def __post_init__(self) -> None:
         # Sync functions run here. asyncio's default pool has only min(32, CPUs + 4) threads: a few
@@ -83,6 +84,7 @@ class ServerState:
             topics=self.registry.topics,
         )
         self.broker = RedisBroker(self.settings.broker, self.registry.topics) if self.settings.broker else None
+        self.tokens = Tokens(self.settings.token, self.settings.tokens)
         for topic in self.registry.topics.values():
             topic.queue_size = self.settings.subscriber_queue
             topic.broker = self.broker
@@ -102,24 +104,8 @@ class ServerState:
         self.threads.shutdown(wait=False)
 
     def authorized(self, headers: Sequence[tuple[str, str]]) -> bool:
-        """True when no token is set, or the request carries it (compared in constant time).
-
-        Either exactly one ``Authorization: Bearer <token>`` header (the scheme is case-insensitive,
-        RFC 7235), or, from a browser, which cannot set that header on a WebSocket, a
-        ``bearer.<base64url(token)>`` entry in ``Sec-WebSocket-Protocol``.
-        """
-        if self.settings.token is None:
-            return True
-        expected = self.settings.token.encode()
-        values = [value for name, value in headers if name.lower() == "authorization"]
-        if len(values) > 1:
-            return False
-        if values:
-            scheme, _, token = values[0].strip().partition(" ")
-            return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
-        offered = _subprotocols(headers)
-        tokens = [_unbase64(item[len(BEARER_PREFIX) :]) for item in offered if item.startswith(BEARER_PREFIX)]
-        return len(tokens) == 1 and hmac.compare_digest(tokens[0], expected)
+        """True when no token is set, or the request carries one of them (``tokens.py``: constant time)."""
+        return self.tokens.identify(headers)[0]
 
     def refusal(self, path: str, headers: Sequence[tuple[str, str]]) -> tuple[int, str] | None:
         """Why a handshake must be refused (HTTP status and text), or None to accept it."""
@@ -158,8 +144,8 @@ class ServerState:
         if streams:
             logger.info("draining: ending %d stream%s with -32003", streams, "" if streams == 1 else "s")
 
-    def session(self) -> Session:
-        """A new connection's session, with this server's limits."""
+    def session(self, caller: Caller | None = None) -> Session:
+        """A new connection's session, with this server's limits (``caller``: what its calls' Context says)."""
         settings = self.settings
         return Session(
             self.registry,
@@ -167,12 +153,14 @@ class ServerState:
             max_batch=settings.max_batch,
             debug=settings.debug,
             version=self.version,
+            caller=caller,
         )
 
-    def connect(self, link: Link, *, number: int, peer: str) -> Connection:
-        """Open a connection over ``link``: a new session and its driver, counted."""
+    def connect(self, link: Link, *, number: int, peer: str, headers: Sequence[tuple[str, str]] = ()) -> Connection:
+        """Open a connection over ``link`` (``headers``: its handshake's): a new session and its driver, counted."""
+        caller = Caller(number, peer, Headers(headers), self.tokens.identify(headers)[1])
         connection = Connection(
-            self.session(),
+            self.session(caller),
             link,
             threads=self.threads,
             call_timeout=self.settings.call_timeout,
@@ -202,27 +190,7 @@ _DOCS_HEADERS = {
     "img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'",
     "x-content-type-options": "nosniff",
 }
-BEARER_PREFIX = "bearer."
 SUBPROTOCOL = "synapse.v1"
-
-
-def _subprotocols(headers: Sequence[tuple[str, str]]) -> list[str]:
-    """The subprotocols a handshake offers (``Sec-WebSocket-Protocol``, comma-separated, repeatable)."""
-    return [
-        item.strip()
-        for name, value in headers
-        if name.lower() == "sec-websocket-protocol"
-        for item in value.split(",")
-        if item.strip()
-    ]
-
-
-def _unbase64(text: str) -> bytes:
-    """base64url without padding, as browsers' ``btoa`` users write it; b"" when malformed."""
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, binascii.Error):
-        return b""
 
 
 class RPCEndpoint:
@@ -251,7 +219,7 @@ class RPCEndpoint:
         client = scope.get("client")
         link = _ASGILink(send)
         peer = f"{client[0]}:{client[1]}" if client else ""
-        connection = self.state.connect(link, number=next(self._numbers), peer=peer)
+        connection = self.state.connect(link, number=next(self._numbers), peer=peer, headers=text_headers(scope))
         try:
             while True:
                 await link.readable()

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from synapse_cli.core import protocol
 from synapse_cli.core.loglines import RateLimitedLog
-from synapse_cli.core.session import Action, Reply, Session, Start, Stop
+from synapse_cli.core.session import Action, Answered, Reply, Session, Start, Stop
+from synapse_cli.server.channel import PeerChannel
 
 if TYPE_CHECKING:
     from synapse_cli.server.metrics import Metrics
@@ -84,6 +85,8 @@ class Connection:
         self._protocol_log = RateLimitedLog()
         self._log_calls = logger.isEnabledFor(logging.DEBUG)  # decided when the connection opens
         session.observer = self
+        self.channel = PeerChannel(self)  # ctx.notify and ctx.call: back to this connection's client
+        session.channel = self.channel
 
     @property
     def streams(self) -> int:
@@ -110,6 +113,7 @@ class Connection:
 
     def abandon(self) -> None:
         """The peer is gone: stop every call, answer nothing."""
+        self.channel.lost()
         self.act(self.session.stop_all(None))
 
     async def drain(self, grace: float) -> None:
@@ -132,6 +136,8 @@ class Connection:
                 task = self.tasks.get(action.key)
                 if task is not None:
                     task.cancel()
+            elif type(action) is Answered:
+                self.channel.answered(action)
         self.link.update_reading(self.session.saturated)
         if self._idle is not None and not self.session.calls:
             self._idle.set()
@@ -144,7 +150,9 @@ class Connection:
     def _start(self, start: Start) -> None:
         loop = asyncio.get_running_loop()
         function = start.function
-        if function.stream:
+        if start.guard is not None:  # the call's async checks first (they may refuse it)
+            task = loop.create_task(self._guarded(start))
+        elif function.stream:
             task = loop.create_task(self._stream(start))
         elif function.is_async:
             task = loop.create_task(function.func(*start.args, **start.kwargs))
@@ -158,6 +166,18 @@ class Connection:
             self.timers[key] = loop.call_later(self.call_timeout, self._expire, key)
         if self.metrics is not None:
             self.metrics.call_started()
+
+    async def _guarded(self, start: Start) -> Any:
+        assert start.guard is not None
+        await start.guard()
+        function = start.function
+        if function.stream:
+            return await self._stream(start)
+        if function.is_async:
+            return await function.func(*start.args, **start.kwargs)
+        return await _in_thread(
+            asyncio.get_running_loop(), self.threads, functools.partial(function.func, *start.args, **start.kwargs)
+        )
 
     async def _stream(self, start: Start) -> None:
         """Send a generator's items as they come, taking the next only when the peer can take it."""

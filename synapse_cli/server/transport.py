@@ -203,11 +203,11 @@ class _WebSocket:
         ws.send_response(response)
         self._take_output()
         if ws.state is _OPEN:
-            self._open()
+            self._open(list(request.headers.raw_items()))
 
-    def _open(self) -> None:
+    def _open(self, headers: list[tuple[str, str]]) -> None:
         number = next(_numbers)
-        self.connection = self.state.connect(self, number=number, peer=self.peer)
+        self.connection = self.state.connect(self, number=number, peer=self.peer, headers=headers)
         logger.debug("connection open", extra={"connection": number, "peer": self.peer})
         settings = self.state.settings
         if settings.ping_interval > 0:
