@@ -1,7 +1,8 @@
 """The client: one persistent WebSocket connection, any number of concurrent calls routed by id.
 
 :class:`Client` owns the connection (:mod:`synapse_cli.client.wire`), routes each reply to its call by id
-and reconnects after a drop. Calls in flight and their deadlines live in :mod:`synapse_cli.client.calls`;
+and reconnects after a drop; the server's calls to the functions it exposes go to
+:mod:`synapse_cli.client.exposed`. Calls in flight and their deadlines live in :mod:`synapse_cli.client.calls`;
 foreign exceptions become synapse errors in :mod:`synapse_cli.client.foreign`, nowhere else.
 """
 
@@ -12,9 +13,10 @@ import itertools
 import logging
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synapse_cli.client.calls import Call, Deadlines, new_call, time_limit
+from synapse_cli.client.exposed import ExposedFunctions
 from synapse_cli.client.foreign import mapped, tls_context
 from synapse_cli.client.stream import Stream
 from synapse_cli.client.wire import WebSocket, open_websocket, translate_url_error
@@ -22,6 +24,9 @@ from synapse_cli.core import encoding, protocol
 from synapse_cli.core.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError
 from synapse_cli.core.protocol import JSONRPC, NATIVE, Dialect
 from synapse_cli.core.settings import DEFAULT_TIMEOUT, DEFAULT_URL
+
+if TYPE_CHECKING:  # imported when used: a client that exposes nothing never loads pydantic
+    from synapse_cli.core.registry import Registry
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "Client", "backoff_delays", "check_url"]
 
@@ -47,7 +52,7 @@ def check_url(url: str) -> None:
         raise ValueError(error)
 
 
-class Client:
+class Client(ExposedFunctions):
     """An asyncio client for synapse and other WebSocket JSON-RPC servers.
 
     ::
@@ -64,6 +69,8 @@ class Client:
         open_timeout: seconds for the opening handshake (TCP, TLS, HTTP); default: ``timeout``.
         reconnect_attempts: attempts after the connection drops (exponential backoff, full jitter).
         max_message_size: the largest reply accepted, in bytes (larger: the connection fails, 1009).
+        functions: what this client exposes to the server (``ctx.call`` on the server side); more with
+            :meth:`expose`. A server calling anything else gets -32601.
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class Client:
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        functions: Registry | None = None,
     ) -> None:
         if dialect not in (NATIVE, JSONRPC):
             raise ValueError(f"dialect must be 'native' or 'jsonrpc', not {dialect!r}")
@@ -102,6 +110,7 @@ class Client:
         self._deadlines = Deadlines(self._time_out)
         self._streams: dict[int, Stream] = {}  # request id -> the stream reading its items
         self._subscriptions: dict[str, int] = {}  # JSON-RPC subscription id -> request id
+        self._init_exposed(functions)  # ValueError for functions a client cannot expose
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -325,7 +334,7 @@ class Client:
         try:
             replies = encoding.decode_replies(payload)
         except ValueError:
-            return False
+            return self._serve(payload)
         self._settle(replies)
         return True
 
@@ -384,6 +393,7 @@ class Client:
         stream.finish(result, reply.error)
 
     def _fail_pending(self, reason: str) -> None:
+        self._end_exposed()
         streams, self._streams, self._subscriptions = self._streams, {}, {}
         for stream in streams.values():
             stream.fail(ConnectionLost(reason))

@@ -1,0 +1,221 @@
+"""Server-to-client calls with the Python client: what a Client exposes, called by a real server's ctx.call.
+
+The server is tests/apps/context_app.py (its ``ask`` calls the caller back and answers with the result
+or the error's name and text); the client is :class:`synapse_cli.Client` with exposed functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import RunningServer, running_server
+
+from synapse_cli import Client, ConnectionLost, Context, Registry, RPCError, SyncClient
+
+APPS = Path(__file__).parent / "apps"
+
+
+def _import_app() -> ModuleType:
+    """tests/apps/context_app.py under a private name (its records are the ones the served registry writes)."""
+    spec = importlib.util.spec_from_file_location("synapse_test_exposed_app", APPS / "context_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+app = _import_app()
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[RunningServer]:
+    """The context app, without tokens."""
+    with running_server(app.registry) as running:
+        yield running
+
+
+class Record:
+    """What the client's exposed functions saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+        self.cancelled = asyncio.Event()
+        self.started = asyncio.Event()
+
+
+def exposed_registry(record: Record) -> Registry:
+    registry = Registry()
+
+    @registry.function(inline=True)
+    def echo(value: Any) -> Any:
+        """The server's value, back."""
+        return value
+
+    @registry.function
+    def double(n: int) -> int:
+        """A sync function: runs in a thread."""
+        return 2 * n
+
+    @registry.function
+    async def refuse(reason: str) -> None:
+        """An RPCError passes through to the server unchanged."""
+        raise RPCError(reason, 4100, {"why": reason})
+
+    @registry.function
+    async def crash() -> None:
+        """Anything else is -32603 "internal error"."""
+        raise KeyError("secret detail")
+
+    @registry.function
+    async def hang() -> None:
+        """Never answers by itself: only a cancel ends it."""
+        record.started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            record.cancelled.set()
+            raise
+
+    @registry.function
+    def progress(step: int, of: int) -> None:
+        """Called by the server's notifications."""
+        record.seen.append((step, of))
+
+    return registry
+
+
+@pytest.fixture
+async def client(served: RunningServer, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Client, Record]]:
+    """A connected client exposing the functions above, in the dialect the test asks for (native by default)."""
+    record = Record()
+    dialect = getattr(request, "param", "native")
+    async with Client(served.url, dialect=dialect, functions=exposed_registry(record)) as connected:
+        yield connected, record
+
+
+async def ask(client: Client, func: str, *args: Any, timeout: float = 2.0) -> Any:
+    return await client.call("ask", func, list(args), timeout)
+
+
+@pytest.mark.parametrize("client", ["native", "jsonrpc"], indirect=True)
+async def test_the_server_calls_what_the_client_exposes(client: tuple[Client, Record]) -> None:
+    """ctx.call runs the client's function (inline or in a thread) and returns its result, in both dialects."""
+    connected, _ = client
+    assert await ask(connected, "echo", {"a": [1, 2]}) == {"result": {"a": [1, 2]}}
+    assert await ask(connected, "double", 21) == {"result": 42}
+    results = await asyncio.gather(*(ask(connected, "double", n) for n in range(20)))
+    assert results == [{"result": 2 * n} for n in range(20)]
+
+
+@pytest.mark.parametrize("client", ["native", "jsonrpc"], indirect=True)
+async def test_the_client_answers_with_the_same_errors_as_a_server(client: tuple[Client, Record]) -> None:
+    """Not exposed: -32601; arguments that do not fit: -32602; RPCError passes; other exceptions: -32603."""
+    connected, _ = client
+    native = connected.dialect == "native"  # JSON-RPC words its standard codes as its specification does
+    assert await ask(connected, "missing") == {
+        "raised": "RPCError",
+        "message": "function not found: missing (code -32601)" if native else "Method not found (code -32601)",
+    }
+    assert await ask(connected, "double", "two") == {
+        "raised": "RPCError",
+        "message": "invalid arguments for double (code -32602)" if native else "Invalid params (code -32602)",
+    }
+    assert await ask(connected, "refuse", "no") == {"raised": "RPCError", "message": "no (code 4100)"}
+    assert await ask(connected, "crash") == {"raised": "RPCError", "message": "internal error (code -32603)"}
+    assert await connected.call("whoami") is not None  # the connection still serves
+
+
+async def test_a_client_exposing_nothing_answers_function_not_found(served: RunningServer) -> None:
+    """A client with no functions still answers the server's call: -32601, not a timeout."""
+    async with Client(served.url) as bare:
+        assert await ask(bare, "echo", 1) == {"raised": "RPCError", "message": "function not found: echo (code -32601)"}
+
+
+async def test_expose_registers_functions_with_or_without_arguments(served: RunningServer) -> None:
+    """client.expose works bare, with a name, and as a plain call; keyword calls from the server work too."""
+    async with Client(served.url) as connected:
+
+        @connected.expose
+        def echo(value: Any) -> Any:
+            return ["echoed", value]
+
+        @connected.expose(name="shout")
+        def loud(text: str) -> str:
+            return text.upper()
+
+        assert await ask(connected, "echo", 1) == {"result": ["echoed", 1]}
+        assert await ask(connected, "shout", "hi") == {"result": "HI"}
+        assert await connected.call("ask_by_name", 3) == ["echoed", 3]
+        assert [function.name for function in connected.functions] == ["echo", "shout"]
+
+
+async def test_a_server_timeout_cancels_the_clients_running_function(client: tuple[Client, Record]) -> None:
+    """The server gives up after its timeout: its cancel reaches the client, whose handler is cancelled."""
+    connected, record = client
+    assert await ask(connected, "hang", timeout=0.3) == {
+        "raised": "CallTimeout",
+        "message": "no reply to hang within 0.3 s",
+    }
+    await asyncio.wait_for(record.cancelled.wait(), 5)
+
+
+async def test_closing_the_connection_cancels_the_clients_running_functions(served: RunningServer) -> None:
+    """The connection ends while the server's call runs on the client: the client cancels it."""
+    record = Record()
+    connected = Client(served.url, functions=exposed_registry(record))
+    await connected.connect()
+    outer = asyncio.ensure_future(ask(connected, "hang", timeout=30))
+    await asyncio.wait_for(record.started.wait(), 5)
+    await connected.close()
+    await asyncio.wait_for(record.cancelled.wait(), 5)
+    with pytest.raises(ConnectionLost, match="connection closed"):
+        await outer
+
+
+@pytest.mark.parametrize("client", ["native", "jsonrpc"], indirect=True)
+async def test_notifications_run_the_exposed_function_of_that_name(client: tuple[Client, Record]) -> None:
+    """ctx.notify's notifications call the client's function with their params, before the call's reply."""
+    connected, record = client
+    assert await connected.call("progress", 3) == "done"
+    assert record.seen == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_the_blocking_client_exposes_functions_too(served: RunningServer) -> None:
+    """SyncClient(functions=...) answers the server's calls from its own loop."""
+    registry = Registry()
+
+    @registry.function(inline=True)
+    def echo(value: Any) -> Any:
+        return value
+
+    with SyncClient(served.url, functions=registry) as blocking:
+        assert blocking.call("ask", "echo", ["sync"], 2) == {"result": "sync"}
+
+
+def test_a_client_cannot_expose_streams_or_context_functions() -> None:
+    """Streams, Context parameters and checks are the server's: exposing one is a ValueError."""
+    client = Client()
+
+    async def ticks() -> AsyncIterator[int]:
+        yield 1
+
+    def needs(ctx: Context) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="'ticks': a client cannot expose a stream function"):
+        client.expose(ticks)
+    with pytest.raises(ValueError, match="'needs': a client's functions take no Context and no requires"):
+        client.expose(needs)
+    registry = Registry()
+    registry.add(lambda value: value, name="echo", requires=lambda ctx: True)
+    with pytest.raises(ValueError, match="'echo': a client's functions take no Context and no requires"):
+        Client(functions=registry)
+    assert list(client.functions) == []  # nothing half-registered
