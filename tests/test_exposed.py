@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import RunningServer, running_server
+from conftest import RunningServer, clean_env, running_server, synapse_executable
 
 from synapse_cli import Client, ConnectionLost, Context, Registry, RPCError, SyncClient
 
@@ -219,3 +220,39 @@ def test_a_client_cannot_expose_streams_or_context_functions() -> None:
     with pytest.raises(ValueError, match="'echo': a client's functions take no Context and no requires"):
         Client(functions=registry)
     assert list(client.functions) == []  # nothing half-registered
+
+
+# -- synapse call --expose ------------------------------------------------------------------------
+
+
+def run_call(*args: str) -> subprocess.CompletedProcess[str]:
+    """``synapse call ARGS`` as a user runs it, bounded in time."""
+    command = [synapse_executable(), "call", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=clean_env(), timeout=60)
+
+
+@pytest.mark.parametrize("dialect", [[], ["--jsonrpc"]], ids=["native", "jsonrpc"])
+def test_synapse_call_expose_serves_functions_back_while_it_waits(served: RunningServer, dialect: list[str]) -> None:
+    """``--expose file.py`` loads the file's Registry; the server's ctx.call runs it in the shell client."""
+    exposed = str(APPS / "client_functions.py")
+    done = run_call("ask", "shout", '["hi"]', "--url", served.url, "--expose", exposed, *dialect)
+    assert (done.returncode, done.stdout, done.stderr) == (0, '{"result":"HI"}\n', "")
+    bare = run_call("ask", "shout", '["hi"]', "--url", served.url, *dialect)
+    message = "function not found: shout" if not dialect else "Method not found"
+    assert bare.stdout == f'{{"raised":"RPCError","message":"{message} (code -32601)"}}\n'
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("no/such/file.py", "synapse: error: --expose: no such file: no/such/file.py\n"),
+        (
+            str(APPS / "streams.py"),
+            "synapse: error: --expose: function 'prices': a client cannot expose a stream function\n",
+        ),
+    ],
+)
+def test_synapse_call_expose_refuses_what_it_cannot_serve(served: RunningServer, target: str, message: str) -> None:
+    """A file that is not there, or that holds a stream function, is a usage error (exit 2), before connecting."""
+    done = run_call("whoami", "--url", served.url, "--expose", target)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", message)

@@ -23,6 +23,7 @@ from synapse_cli.core.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: `synapse --help` starts without asyncio or websockets
     from synapse_cli.client.client import Client
+    from synapse_cli.core.registry import Registry
 
 __all__ = [
     "DEFAULTS",
@@ -103,15 +104,17 @@ def _root(
 
 
 def make_client(
-    url: str, token: str | None, timeout: float, jsonrpc: bool, cafile: Path | None, insecure: bool
-) -> "Client":
-    """The Client the ``call`` and ``list`` options describe; a malformed URL is a usage error."""
+    url: str, token: str | None, timeout: float, jsonrpc: bool, cafile: Path | None, insecure: bool,
+    functions: "Registry | None" = None,
+) -> "Client":  # fmt: skip
+    """The Client the ``call`` and ``list`` options describe (``functions``: what it exposes, ``--expose``);
+    a malformed URL is a usage error."""
     from synapse_cli.client.client import Client, check_url
 
     try:
         check_url(url)
         return Client(url, token=token, timeout=timeout, dialect="jsonrpc" if jsonrpc else "native",
-                      cafile=str(cafile) if cafile else None, insecure=insecure)  # fmt: skip
+                      cafile=str(cafile) if cafile else None, insecure=insecure, functions=functions)  # fmt: skip
     except ValueError as exc:  # a malformed URL, a timeout that is not a time (NaN)
         raise UsageError(str(exc)) from None
 

@@ -28,6 +28,7 @@ from synapse_cli.core.settings import DEFAULT_TIMEOUT, DEFAULT_URL
 
 if TYPE_CHECKING:  # imported where used: `synapse --help` starts without asyncio or websockets
     from synapse_cli.client.client import Client
+    from synapse_cli.core.registry import Registry
 
 __all__ = ["call_command", "parse_call_args"]
 
@@ -104,13 +105,21 @@ def call_command(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, metavar="N", help="Stop a stream after N items.")
     ] = None,
+    expose: Annotated[
+        str | None,
+        typer.Option(
+            "--expose",
+            metavar="APP",
+            help="Serve the functions of path/to/file.py (or module:registry) back to the server.",
+        ),
+    ] = None,
 ) -> None:
     """Call a function and print its result, or a stream's items as they arrive (or a --batch of calls)."""
     if batch is not None and (func is not None or args or data is not None):
         raise UsageError("--batch takes its calls from the file: no FUNC, ARG or -d")
     if batch is None and (func is None or func.startswith("-")):
         raise UsageError(f"no such option: {func}" if func else "missing FUNC (or --batch FILE)")
-    client = make_client(url, token, timeout, jsonrpc, cafile, insecure)
+    client = make_client(url, token, timeout, jsonrpc, cafile, insecure, _exposed(expose))
     if batch is not None:
         raise typer.Exit(run_coroutine(_call_batch(client, _open(batch), concurrency)))
     assert func is not None
@@ -163,6 +172,21 @@ async def _call_batch(client: "Client", stream: Any, concurrency: int) -> int:
             failed = failed or answer["error"] is not None
             render.write_json(answer)
     return ExitStatus.ERROR if failed else ExitStatus.OK
+
+
+def _exposed(target: str | None) -> "Registry | None":
+    """The registry ``--expose`` names, loaded as ``synapse serve`` loads its app; a usage error if it cannot be."""
+    if target is None:
+        return None
+    from synapse_cli.client.callee import check_exposable
+    from synapse_cli.server.runner import LoadError, load_registry
+
+    try:
+        registry = load_registry(target)
+        check_exposable(registry)
+    except (LoadError, ValueError) as exc:
+        raise UsageError(f"--expose: {exc}") from None
+    return registry
 
 
 def _open(path: str) -> Any:
