@@ -29,6 +29,7 @@ import pytest
 from conftest import RunningServer, clean_env, running_server, synapse_executable, wait_for
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, WebSocket, expect, sync_playwright
 
+from synapse_cli import Context
 from synapse_cli.client.sync import SyncClient
 from synapse_cli.core.registry import Registry
 from synapse_cli.server.builtins import default_registry
@@ -436,3 +437,50 @@ def other_origin_page() -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(10)
+
+
+def calling_back_registry() -> Registry:
+    """A function that asks its caller (the page) for an answer, and one that notifies it."""
+    registry = Registry()
+
+    @registry.function
+    async def confirm(ctx: Context, question: str) -> Any:
+        """Ask the caller; answer with what it said."""
+        return {"answer": await ctx.call("confirm", question, {"default": False}, timeout=20)}
+
+    @registry.function
+    async def announce(ctx: Context, text: str) -> str:
+        """Notify the caller, then answer."""
+        await ctx.notify("announcement", {"text": text})
+        return "announced"
+
+    return registry
+
+
+def test_the_page_answers_server_calls_from_a_prompt(browser: Browser) -> None:
+    """ctx.call to the page opens a prompt naming the call; its text (JSON, else a string) is the answer,
+    Cancel answers -32002; a notification shows in the status line."""
+    with running_server(calling_back_registry()) as server, tab(browser, server) as docs:
+        prompts: list[tuple[str, str]] = []
+        answers = iter(['{"ok": true}', "plain words", None])
+
+        def dialog(opened: Any) -> None:
+            prompts.append((opened.type, opened.message))
+            answer = next(answers)
+            if answer is None:
+                opened.dismiss()
+            else:
+                opened.accept(answer)
+
+        docs.page.on("dialog", dialog)
+        card = docs.open().call("confirm", question="Delete it?")
+        expect(card.locator("pre.value")).to_have_text(json.dumps({"answer": {"ok": True}}, indent=2))
+        card.get_by_role("button", name="Call").click()
+        expect(card.locator("pre.value")).to_have_text(json.dumps({"answer": "plain words"}, indent=2))
+        card.get_by_role("button", name="Call").click()
+        expect(card.locator(".outcome")).to_have_text("Error -32002: cancelled in the browser")
+        question = 'The server calls confirm("Delete it?", {"default":false}).\nYour answer (JSON, or text):'
+        assert prompts == [("prompt", question)] * 3
+        docs.call("announce", text="hello")
+        expect(docs.status()).to_have_text('Notification announcement: {"text":"hello"}')
+        assert docs.console_errors == []
