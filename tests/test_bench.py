@@ -641,3 +641,17 @@ def test_bench_topic_reports_fan_out_latency_and_nothing_missed(server: Any, cli
     assert report["missed"] == {"max": 0, "total": 0}
     assert report["items"] == 20 * report["published"]
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
+
+
+@pytest.mark.parametrize("dialect", ["native", "jsonrpc"])
+def test_a_round_trip_can_include_a_server_to_client_call(dialect: str) -> None:
+    """examples/both_ways.py's ask_client calls the bench connection's echo back: every call ok, none stray."""
+    from synapse_cli.server.runner import load_registry
+
+    registry = load_registry(str(Path(__file__).parent.parent / "examples" / "both_ways.py"))
+    with running_server(registry) as served:
+        config = BenchConfig(url=served.url, func="ask_client", args=[7], calls=300, warmup=0, dialect=dialect)
+        report = run_bench(config).to_json()
+    assert report["calls"] == {"measured": 300, "ok": 300, "errors": 0, "warmup": 0}
+    assert report["errors"] == []
+    assert report["traffic"]["unmatched"] == 0  # the server's calls were answered, not counted as strays

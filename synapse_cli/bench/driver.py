@@ -132,6 +132,9 @@ class _Run:
         request_id = item.get("id") if type(item) is dict else None
         entry = listener.in_flight.pop(request_id, None) if type(request_id) is int else None
         if entry is None:
+            if type(item) is dict and ("func" in item or "method" in item or "op" in item):
+                listener.answer(item)  # the server calls us (ctx.call): not a reply
+                return
             self._stray(listener, request_id)
             return
         self.in_flight_total -= 1

@@ -15,6 +15,8 @@ import orjson
 from picows import WSListener, WSMsgType
 
 from synapse_cli.bench.config import Call
+from synapse_cli.core import encoding
+from synapse_cli.core.protocol import JSONRPC, METHOD_NOT_FOUND, NATIVE, Dialect, ErrorInfo
 
 if TYPE_CHECKING:
     from synapse_cli.bench.driver import _Run
@@ -90,6 +92,27 @@ class Listener(WSListener):
         else:
             run.check_finished()
         return True
+
+    def answer(self, request: dict[str, Any]) -> None:
+        """A call from the server (its ``ctx.call``): a bench connection exposes ``echo(value)``, answered
+        at once with its argument, so a round trip can include a server-to-client call; any other
+        function is -32601. Notifications and cancels need no answer."""
+        if "id" not in request or request.get("op") is not None:
+            return
+        dialect: Dialect = JSONRPC if "jsonrpc" in request else NATIVE
+        func, args = (
+            (request.get("method"), request.get("params"))
+            if dialect == JSONRPC
+            else (request.get("func"), request.get("args"))
+        )
+        if func == "echo" and type(args) is list and len(args) == 1:
+            data = encoding.reply_result(request["id"], dialect, args[0])
+        elif func == "echo" and type(args) is dict and args.keys() == {"value"}:
+            data = encoding.reply_result(request["id"], dialect, args["value"])
+        else:
+            error = ErrorInfo(METHOD_NOT_FOUND, f"function not found: {str(func)[:128]}")
+            data = encoding.reply_error(request["id"], dialect, error)
+        self.transport.send(_TEXT, data)
 
     def send(self, scheduled: int, warm: bool) -> None:
         run = self.run
