@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import RunningServer, clean_env, running_server, synapse_executable
+from conftest import RunningServer, clean_env, running_server, serve_process, synapse_executable
 
 from synapse_cli import Client, ConnectionLost, Context, Registry, RPCError, SyncClient
 
@@ -256,3 +257,37 @@ def test_synapse_call_expose_refuses_what_it_cannot_serve(served: RunningServer,
     """A file that is not there, or that holds a stream function, is a usage error (exit 2), before connecting."""
     done = run_call("whoami", "--url", served.url, "--expose", target)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", message)
+
+
+def test_the_both_ways_example_runs_as_its_docstring_says(tmp_path: Path) -> None:
+    """examples/both_ways.py served with a token file, called by ``synapse call --expose examples/client_functions.py``:
+    identity, a call back, notifications on stderr, and a guarded function that asks for confirmation."""
+    examples = Path(__file__).parent.parent / "examples"
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text("tok-admin,admin\ntok-guest,guest\n")
+    with serve_process("--token-file", str(tokens), app=str(examples / "both_ways.py")) as server:
+
+        def call(*args: str, token: str = "tok-admin", stdin: str = "") -> subprocess.CompletedProcess[str]:
+            expose = ["--expose", str(examples / "client_functions.py")]
+            command = [synapse_executable(), "call", *args, "--url", server.url, "--token", token, *expose]
+            return subprocess.run(command, input=stdin, capture_output=True, text=True, env=clean_env(), timeout=60)
+
+        whoami = call("whoami", token="tok-guest")
+        assert json.loads(whoami.stdout)["identity"] == "guest"
+        asked = call("ask_client", "7")
+        assert (asked.returncode, asked.stdout, asked.stderr) == (0, "7\n", "")
+        counted = call("countdown", "3")
+        assert (counted.returncode, counted.stdout, counted.stderr) == (0, '"liftoff"\n', "3...\n2...\n1...\n")
+        refused = call("delete_everything", token="tok-guest")
+        assert (refused.returncode, refused.stderr) == (
+            1,
+            "synapse: error: forbidden: delete_everything (code -32007)\n",
+        )
+        confirmed = call("delete_everything", stdin="y\n")
+        assert (confirmed.returncode, confirmed.stdout) == (0, '"deleted (not really)"\n')
+        assert confirmed.stderr == "Delete everything? [y/N] "
+        declined = call("delete_everything", stdin="n\n")
+        assert (declined.returncode, declined.stderr) == (
+            1,
+            "Delete everything? [y/N] synapse: error: not confirmed (code 4090)\n",
+        )
