@@ -35,7 +35,7 @@ lint: $(VENV)/.installed-dev
 
 # The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or a page left out of the nav.
 docs: $(VENV)/.installed-docs
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 test: lint
 	$(BIN)/python -m pytest

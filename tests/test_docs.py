@@ -2,7 +2,7 @@
 
 Playwright only drives the browser installed on the machine (``executable_path``); it never downloads
 one. Without a Chromium binary the browser tests skip, saying so. ``SYNAPSE_DOCS_SCREENSHOT=path.png``
-saves the tour's screenshot there too (that is how the README's ``docs/docs-page.png`` is made).
+saves the tour's screenshot there too (that is how ``docs/docs-page.png``, shown by the docs pages, is made).
 """
 
 from __future__ import annotations
@@ -354,18 +354,21 @@ def test_refusal_not_for_the_token_says_so(browser: Browser) -> None:
         )
 
 
-def test_readme_browser_snippet_connects_with_a_token(browser: Browser) -> None:
-    """The README's JavaScript for a token from a browser opens the WebSocket of a --token server."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    snippet = re.search(r"\*\*Tokens from a browser\.\*\*.*?```js\n(.*?)```", readme, re.S)
-    assert snippet, "the README lost its browser token snippet"
+def test_documented_browser_snippet_connects_with_a_token(browser: Browser) -> None:
+    """The JavaScript for a token from a browser, wherever README.md or docs/ shows it, opens a --token server."""
+    root = Path(__file__).parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    pattern = re.compile(r"\*\*Tokens from a browser\.\*\*.*?```js\n(.*?)```", re.S)
+    snippets = [match.group(1) for page in pages if (match := pattern.search(page.read_text()))]
+    assert snippets, "README.md and docs/ lost the browser token snippet"
     with running_server(token=TOKEN) as server, tab(browser, server) as docs:
         docs.open()
         expect(docs.status()).to_contain_text("401")
-        code = snippet.group(1).replace("ws://127.0.0.1:8000/ws", server.url)
-        script = "(token) => new Promise((done) => {" + code
-        script += "ws.onopen = () => done(ws.protocol); ws.onclose = (event) => done('closed ' + event.code); })"
-        assert docs.page.evaluate(script, TOKEN) == "synapse.v1"
+        for snippet in snippets:
+            code = snippet.replace("ws://127.0.0.1:8000/ws", server.url)
+            script = "(token) => new Promise((done) => {" + code
+            script += "ws.onopen = () => done(ws.protocol); ws.onclose = (event) => done('closed ' + event.code); })"
+            assert docs.page.evaluate(script, TOKEN) == "synapse.v1"
 
 
 def test_page_on_another_origin_is_refused(browser: Browser, docs_server: RunningServer) -> None:

@@ -3,7 +3,7 @@
 The browser test drives Debian's ``chromium`` (``/usr/bin/chromium``, installed by ``.ci/run``) with
 Playwright's Python package and that executable (no browser download). It skips only when no Chromium
 binary exists. The screenshot it takes is kept in the test's temporary folder; with ``SYNAPSE_SCREENSHOTS=DIR``
-it is also copied there (the README's picture is made that way).
+it is also copied there (the picture in README.md and docs/bench.md is made that way).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_sdist_ships_the_whole_test_suite(sdist: Path) -> None:
-    """Every file of tests/ (conftest.py and the apps included), examples/ and docs/ is in the sdist."""
+    """Every file of tests/ (conftest.py and the apps included), examples/, docs/ and mkdocs.yml is in the sdist."""
     for folder in ("tests", "examples", "docs"):
         expected = {
             path.relative_to(ROOT).as_posix()
@@ -71,6 +71,7 @@ def test_sdist_ships_the_whole_test_suite(sdist: Path) -> None:
         shipped = {path.relative_to(sdist).as_posix() for path in (sdist / folder).rglob("*") if path.is_file()}
         assert expected - shipped == set()
     assert (sdist / "tests" / "conftest.py").is_file() and (sdist / "tests" / "apps" / "pkg" / "rpc.py").is_file()
+    assert (sdist / "mkdocs.yml").read_text() == (ROOT / "mkdocs.yml").read_text()  # test_examples.py reads its nav
 
 
 @pytest.mark.slow

@@ -249,7 +249,7 @@ def test_a_second_server_on_a_port_with_workers_fails(cli_env: dict[str, str]) -
             env=cli_env,
             timeout=30,
         )
-        assert second.returncode == 2  # a usage error (README exit codes): the port is taken
+        assert second.returncode == 2  # a usage error (docs/shell-client.md, exit codes): the port is taken
         assert second.stderr.strip().startswith(f"synapse: error: cannot listen on 127.0.0.1:{port}")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
