@@ -1,11 +1,10 @@
-"""``synapse bench`` for streams (SPEC §5): one stream's items/s and the gap between its items, and a
-topic's fan-out latency (publish to receipt) to many subscribers.
+"""``synapse bench`` for streams (SPEC §5): one stream's items/s and the gap between its items, and the
+report both stream and topic benchmarks make.
 
 * :func:`measure_stream` runs a stream call on each of ``connections`` connections to its end (or for
   ``duration`` seconds) and records the gap between consecutive items in an HDR histogram.
-* :func:`measure_topic` subscribes ``subscribers`` connections to a topic, publishes ``{"t": <ns>,
-  "seq": n}`` through a publish function at ``publish_rate`` per second for ``duration`` seconds, and
-  records each item's publish-to-receipt latency and how many items each subscriber missed.
+* A topic's fan-out (publish to receipt, to many subscribers, over ``--procs`` processes) is measured by
+  :func:`synapse_cli.bench.topic.measure_topic`.
 
 Both return a :class:`StreamReport`; the CLI renders it (``cli.bench_render.stream_report``) or prints its JSON.
 """
@@ -15,13 +14,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from synapse_cli.bench.report import Generator
 from synapse_cli.client.client import Client
 from synapse_cli.core.stats import new_histogram, summarize
 
-__all__ = ["StreamReport", "measure_stream", "measure_topic"]
+__all__ = ["LATENCY_CLOCK", "Publishing", "StreamReport", "measure_stream"]
+
+LATENCY_CLOCK = "one clock: the publisher's time.time_ns() in each item against the subscriber's, on this machine"
+_TOPIC_ONLY = ("procs", "publish", "generator", "latency_clock", "histogram", "out_of_order", "ended")
+
+
+@dataclass
+class Publishing:
+    """A topic benchmark's publishes: the rate asked for against what went out and was accepted."""
+
+    target_rate: float
+    achieved_rate: float
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    not_sent: int = 0  # due within the run but never sent (the server or the generator fell behind)
 
 
 @dataclass
@@ -36,12 +51,25 @@ class StreamReport:
     items_per_s: float
     gap_ms: dict[str, float | None] = field(default_factory=dict)  # stream: between consecutive items
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # topic: publish to receipt
-    published: int = 0
+    published: int = 0  # topic: measured publishes the server accepted (every subscriber should get each)
     missed: dict[str, int] = field(default_factory=dict)  # topic: per subscriber, max and total
     errors: list[str] = field(default_factory=list)
+    procs: int = 1  # topic: processes the subscribers were spread over
+    publish: Publishing | None = None
+    generator: Generator | None = None  # topic: the busiest load process's health
+    latency_clock: str | None = None  # topic: where publish-to-receipt latency comes from
+    histogram: str | None = None  # topic: the latency's HDR histogram (all processes merged exactly)
+    out_of_order: int = 0  # topic: items whose seq was not above the last one the subscriber had
+    ended: int = 0  # topic: subscribers ended before the run did (by the server, or a lost connection)
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema_version": 1, "stream_bench": self.__dict__}
+        document = asdict(self)
+        if self.mode != "topic":
+            for key in _TOPIC_ONLY:
+                del document[key]
+        elif self.generator is not None and self.generator.schedule_lag_ms is None:
+            del document["generator"]["schedule_lag_ms"]
+        return {"schema_version": 1, "stream_bench": document}
 
 
 async def measure_stream(
@@ -79,56 +107,3 @@ async def measure_stream(
     return StreamReport(
         "stream", func, connections, seconds, items, items / seconds, gap_ms=summarize(gaps), errors=errors
     )
-
-
-async def measure_topic(
-    url: str, topic: str, *, subscribers: int = 100, publish_rate: float = 10.0, duration: float = 5.0,
-    publish_func: str = "publish_event", token: str | None = None, timeout: float = 10.0,
-) -> StreamReport:  # fmt: skip
-    """Subscribe ``subscribers`` connections to ``topic``; publish at ``publish_rate`` for ``duration`` s."""
-    latency = new_histogram()
-    received = [0] * subscribers
-    ready = 0
-    all_ready = asyncio.Event()
-    errors: list[str] = []
-
-    async def subscriber(index: int) -> None:
-        nonlocal ready
-        async with Client(url, token=token, timeout=None) as client:
-            ready += 1
-            if ready == subscribers:
-                all_ready.set()
-            async for item in client.stream(topic):
-                now = time.time_ns()
-                if isinstance(item, dict) and isinstance(item.get("t"), int):
-                    latency.record_value(max(1, (now - item["t"]) // 1000))
-                    received[index] += 1
-
-    tasks = [asyncio.ensure_future(subscriber(index)) for index in range(subscribers)]
-    published = 0
-    started = time.perf_counter()
-    try:
-        await asyncio.wait_for(all_ready.wait(), timeout)
-        await asyncio.sleep(0.5)  # the subscriptions reach the server
-        async with Client(url, token=token, timeout=timeout) as publisher:
-            started = time.perf_counter()
-            while time.perf_counter() - started < duration:
-                published += 1
-                await publisher.call(publish_func, {"t": time.time_ns(), "seq": published})
-                await asyncio.sleep(max(0.0, started + published / publish_rate - time.perf_counter()))
-        await asyncio.sleep(0.5)  # the last publishes arrive
-    except Exception as exc:  # the report says what went wrong
-        errors.append(str(exc))
-    seconds = time.perf_counter() - started
-    for task in tasks:
-        task.cancel()
-    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-        if isinstance(outcome, Exception):
-            errors.append(str(outcome))
-    missed = [max(0, published - count) for count in received]
-    items = sum(received)
-    return StreamReport(
-        "topic", topic, subscribers, seconds, items, items / seconds if seconds else 0.0,
-        latency_ms=summarize(latency), published=published,
-        missed={"max": max(missed, default=0), "total": sum(missed)}, errors=errors[:5],
-    )  # fmt: skip

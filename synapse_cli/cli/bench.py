@@ -125,10 +125,20 @@ def bench_run(
 
     if func is not None and func.startswith("-"):
         raise UsageError(f"no such option: {func}")
-    if stream or topic is not None:
-        raise typer.Exit(_bench_streams(func, args or [], url, token, timeout, duration, connections, json_output,
-                                        stream=stream, topic=topic, subscribers=subscribers,
-                                        publish_rate=publish_rate, publish_func=publish_func))  # fmt: skip
+    if stream and topic is not None:
+        raise UsageError("--stream and --topic measure different things: give one")
+    if topic is not None:
+        from synapse_cli.bench.topic import TopicConfig
+
+        topic_config = TopicConfig(
+            url=url or "", topic=topic, subscribers=subscribers, publish_rate=publish_rate,
+            duration=parse_duration(duration) if duration else 5.0, publish_func=publish_func, procs=procs,
+            concurrency=concurrency, timeout=timeout, token=token, dialect="jsonrpc" if jsonrpc else "native",
+            cafile=str(cafile) if cafile else None, insecure=insecure,
+        )  # fmt: skip
+        raise typer.Exit(_bench_topic(topic_config, json_output))
+    if stream:
+        raise typer.Exit(_bench_stream(func, args or [], url, token, timeout, duration, connections, json_output))
     options = bench_options.BenchOptions(
         func=func, args=args or [], args_json=args_json, data=data, calls=calls, duration=duration,
         rate=rate, find_max=find_max, shard=shard, start_at=start_at, slo=slo, procs=procs,
@@ -153,18 +163,15 @@ def bench_run(
     raise typer.Exit(_bench_status(report, checked.rules, written))
 
 
-def _bench_streams(
+def _bench_stream(
     func: str | None, args: list[str], url: str | None, token: str | None, timeout: float, duration: str | None,
-    connections: int | None, json_output: bool, *, stream: bool, topic: str | None, subscribers: int,
-    publish_rate: float, publish_func: str,
+    connections: int | None, json_output: bool,
 ) -> int:  # fmt: skip
-    """`bench --stream` / `bench --topic`: measure, render, exit code (1 when nothing arrived or errors)."""
+    """`bench --stream`: measure, render, exit code (1 when nothing arrived or errors)."""
     from synapse_cli.bench import processes as bench_processes
     from synapse_cli.bench import streams as bench_streams
 
-    if stream and topic is not None:
-        raise UsageError("--stream and --topic measure different things: give one")
-    if stream and func is None:
+    if func is None:
         raise UsageError("--stream needs FUNC, a stream function (e.g. synapse bench ticks 1000 0 --stream)")
     seconds = parse_duration(duration) if duration else None
     stderr = render.console(stderr=True)
@@ -172,23 +179,41 @@ def _bench_streams(
         if not url:
             url = stack.enter_context(bench_processes.embedded_server())
             stderr.print(f"no --url: benchmarking an embedded synapse server at {url} (stopped afterwards)")
-        if topic is not None:
-            measuring = bench_streams.measure_topic(
-                url, topic, subscribers=subscribers, publish_rate=publish_rate, duration=seconds or 5.0,
-                publish_func=publish_func, token=token, timeout=timeout,
-            )  # fmt: skip
-        else:
-            assert func is not None
-            measuring = bench_streams.measure_stream(
-                url, func, parse_call_args(args, None), connections=connections or 1, duration=seconds, token=token,
-                timeout=timeout,
-            )  # fmt: skip
+        measuring = bench_streams.measure_stream(
+            url, func, parse_call_args(args, None), connections=connections or 1, duration=seconds, token=token,
+            timeout=timeout,
+        )  # fmt: skip
         report = run_coroutine(measuring)
     if wants_json(json_output):
         render.write_json(report.to_json())
     else:
         render.console().print(bench_render.stream_report(report))
     return ExitStatus.ERROR if report.errors or not report.items else ExitStatus.OK
+
+
+def _bench_topic(config: Any, json_output: bool) -> int:
+    """`bench --topic`: measure (over --procs processes), render, say what went short, exit code."""
+    from synapse_cli.bench import topic as bench_topic
+
+    stderr = render.console(stderr=True)
+    try:
+        bench_topic.prepare_open_files(config, embedded_server=not config.url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with _target(config, stderr) as target:
+        try:
+            report = bench_topic.measure_topic(target)
+        except SynapseError as exc:
+            fail(*describe(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", ExitStatus.INTERRUPTED)
+    if wants_json(json_output):
+        render.write_json(report.to_json())
+    else:
+        render.console().print(bench_render.stream_report(report))
+    for warning in bench_topic.topic_warnings(report):
+        sys.stderr.write(f"synapse: warning: {warning}\n")
+    return ExitStatus.ERROR if bench_topic.topic_failed(report) else ExitStatus.OK
 
 
 def _check_writable(paths: list[Path | None]) -> None:

@@ -36,21 +36,56 @@ def stream_report(report: Any) -> Any:
     table = Table(title=f"{report.mode}: {plain(report.target)}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    topic = report.mode == "topic"
     rows = [
-        ("connections", f"{report.connections:,}"),
+        ("subscribers" if topic else "connections", f"{report.connections:,}"),
         ("seconds", f"{report.seconds:.2f}"),
         ("items received", f"{report.items:,}"),
-        ("items/s", f"{report.items_per_s:,.0f}"),
+        ("deliveries/s" if topic else "items/s", f"{report.items_per_s:,.0f}"),
     ]
-    if report.mode == "topic":
-        rows += [("published", f"{report.published:,}"), ("missed, max per subscriber", f"{report.missed['max']:,}")]
-        rows += [("missed, total", f"{report.missed['total']:,}")]
-    label, values = ("latency ms", report.latency_ms) if report.mode == "topic" else ("gap ms", report.gap_ms)
+    if topic:
+        rows += _topic_rows(report)
+    label, values = ("latency ms", report.latency_ms) if topic else ("gap ms", report.gap_ms)
     rows += [(f"{label} {key}", "-" if value is None else f"{value:.3f}") for key, value in values.items()]
+    if topic:
+        rows.append(("latency clock", "publish to receipt, one clock (this machine)"))
+        rows += _topic_generator_rows(report.generator)
     rows += [("error", plain(error)) for error in report.errors]
     for row in rows:
         table.add_row(*row)
+    if topic and report.generator is not None and report.generator.bound:
+        table.caption = "[bold red]the load generator, not the server, was the limit: try more --procs[/]"
     return table
+
+
+def _topic_rows(report: Any) -> list[tuple[str, str]]:
+    rows = [("processes", f"{report.procs:,}")]
+    publish = report.publish
+    if publish is not None:
+        rows.append(("publishes/s (target)", f"{publish.achieved_rate:,.1f} ({publish.target_rate:g})"))
+        if publish.not_sent:
+            rows.append(("publishes due, never sent", f"{publish.not_sent:,}"))
+        if publish.failed:
+            rows.append(("publishes failed", f"{publish.failed:,}"))
+    rows += [("published", f"{report.published:,}"), ("missed, max per subscriber", f"{report.missed['max']:,}")]
+    rows.append(("missed, total", f"{report.missed['total']:,}"))
+    if report.out_of_order:
+        rows.append(("out of order", f"{report.out_of_order:,}"))
+    if report.ended:
+        rows.append(("subscribers ended early", f"{report.ended:,}"))
+    return rows
+
+
+def _topic_generator_rows(generator: Any) -> list[tuple[str, str]]:
+    if generator is None:
+        return []
+    rows = [
+        ("generator CPU (busiest process)", f"{generator.cpu_pct:.0f} %"),
+        ("generator event-loop lag p99", f"{generator.loop_lag_ms:.3f} ms"),
+    ]
+    if generator.schedule_lag_ms is not None:
+        rows.append(("publish schedule lag p99", f"{generator.schedule_lag_ms:.3f} ms"))
+    return rows
 
 
 _LATENCY_ROWS = ("min", "mean", "stdev", "p50", "p90", "p99", "p99.9", "max")
