@@ -7,7 +7,7 @@ May import: everything in ``synapse_cli``. Nothing imports it but ``__main__`` a
 """
 
 # Each module registers its command on the app, in the order `synapse --help` lists them.
-from synapse_cli.cli import serve, call, list, bench  # noqa: F401, I001
+from synapse_cli.cli import serve, call, list, bench, stubs  # noqa: F401, I001
 from synapse_cli.cli.app import main
 
 __all__ = ["main"]
