@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 from conftest import load_app, serve_process, synapse_executable
 
-from synapse_cli.bench.report import Generator
-from synapse_cli.bench.streams import LATENCY_CLOCK, Publishing, StreamReport
-from synapse_cli.bench.topic import topic_failed, topic_warnings
+from synapse_cli.bench.streams import LATENCY_CLOCK, Publishing, StreamReport, TopicGenerator
+from synapse_cli.bench.topic import judge_generator, topic_failed, topic_warnings
 from synapse_cli.core import stats
 
 TOPIC_KEYS = {
@@ -22,7 +21,7 @@ TOPIC_KEYS = {
     "errors", "procs", "publish", "generator", "latency_clock", "histogram", "out_of_order", "ended",
 }  # fmt: skip
 PUBLISH_KEYS = {"target_rate", "achieved_rate", "sent", "ok", "failed", "not_sent"}
-GENERATOR_KEYS = {"cpu_pct", "loop_lag_ms", "bound", "schedule_lag_ms"}
+GENERATOR_KEYS = {"cpu_pct", "loop_lag_ms", "bound", "schedule_lag_ms", "cpu_total_pct", "processes", "cores"}
 
 
 def bench_topic(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -72,6 +71,7 @@ def test_procs_spread_the_subscribers_and_merge_their_histograms_exactly(server:
     assert_only_generator_warnings(result.stderr)
     report = topic_report(result)
     assert (report["procs"], report["connections"], report["errors"], report["ended"]) == (3, 40, [], 0)
+    assert report["generator"]["processes"] == 4  # three of subscribers, the publisher's own
     assert report["published"] == report["publish"]["ok"] == report["publish"]["sent"] == 20
     assert report["items"] == 40 * 20
     assert report["missed"] == {"max": 0, "total": 0} and report["out_of_order"] == 0
@@ -97,6 +97,7 @@ def test_json_report_has_every_topic_field(server: Any, cli_env: dict[str, str])
     assert report["latency_clock"] == LATENCY_CLOCK and "one clock" in LATENCY_CLOCK
     assert report["seconds"] >= 1.0 and report["items_per_s"] == pytest.approx(report["items"] / report["seconds"])
     generator = report["generator"]
+    assert generator["processes"] == 1 and generator["cores"] >= 1
     assert type(generator["bound"]) is bool and 0 <= generator["cpu_pct"] < 100 and generator["loop_lag_ms"] >= 0
 
 
@@ -180,7 +181,7 @@ def _report(**changes: Any) -> StreamReport:
     fields: dict[str, Any] = {
         "mode": "topic", "target": "events", "connections": 5, "seconds": 1.0, "items": 50, "items_per_s": 50.0,
         "published": 10, "missed": {"max": 0, "total": 0}, "procs": 2,
-        "publish": Publishing(10.0, 10.0, 10, 10), "generator": Generator(20.0, 1.0, False, 0.5),
+        "publish": Publishing(10.0, 10.0, 10, 10), "generator": TopicGenerator(20.0, 1.0, False, 0.5, 35.0, 3, 2),
     }  # fmt: skip
     return StreamReport(**{**fields, **changes})
 
@@ -191,9 +192,27 @@ def test_warnings_name_missed_items_and_a_bound_generator() -> None:
     missed = _report(missed={"max": 3, "total": 7}, items=43)
     assert topic_warnings(missed) == ["7 items missed (3 by the subscriber that missed most of 10)"]
     assert topic_failed(missed)
-    bound = _report(generator=Generator(97.0, 12.5, True, 0.5))
-    assert topic_warnings(bound) == [
-        "the load generator, not the server, was the limit (busiest process: CPU 97 %, event-loop lag p99 12.5 ms): "
-        "try --procs 3 or more"
+    busy = _report(generator=TopicGenerator(97.0, 12.5, True, 0.5, 99.0, 1, 2))
+    assert topic_warnings(busy) == [
+        "the load generator, not the server, was the limit (CPU 99 % over 1 processes on 2 cores, the busiest 97 %, "
+        "event-loop lag p99 12.5 ms): try --procs 3 or more"
     ]
-    assert not topic_failed(bound)
+    assert not topic_failed(busy)
+    shared = _report(generator=TopicGenerator(60.0, 3.0, True, 0.5, 190.0, 3, 2))
+    assert topic_warnings(shared) == [
+        "the load generator, not the server, was the limit (CPU 190 % over 3 processes on 2 cores, the busiest 60 %, "
+        "event-loop lag p99 3.0 ms): its processes had all 2 cores they may use: fewer subscribers or publishes"
+    ]
+
+
+def test_the_generator_is_the_limit_when_a_process_or_all_of_them_are_out_of_cpu() -> None:
+    """Bound: a process above 90 % of its core, or lagging past the p50 latency and 5 ms, or processes
+    together above 90 % of the cores they may use (two at 47 % on one core); not bound otherwise."""
+    assert not judge_generator([(47.0, 2.0), (47.0, 2.0), (3.0, 1.0)], 1.0, 0.5, cores=2).bound
+    assert judge_generator([(47.0, 2.0), (47.0, 2.0)], 1.0, 0.5, cores=1).bound
+    assert judge_generator([(95.0, 1.0)], 1.0, 0.5, cores=2).bound
+    assert judge_generator([(20.0, 12.0)], 3.0, 0.5, cores=2).bound
+    assert not judge_generator([(20.0, 4.0)], 3.0, 0.5, cores=2).bound  # under the 5 ms floor
+    assert not judge_generator([(20.0, 12.0)], 30.0, 0.5, cores=2).bound  # lag below the p50 latency
+    health = judge_generator([(47.0, 2.0), (46.0, 3.5)], 1.0, 0.25, cores=1)
+    assert health == TopicGenerator(47.0, 3.5, True, 0.25, 93.0, 2, 1)

@@ -21,7 +21,7 @@ from synapse_cli.bench.report import Generator
 from synapse_cli.client.client import Client
 from synapse_cli.core.stats import new_histogram, summarize
 
-__all__ = ["LATENCY_CLOCK", "Publishing", "StreamReport", "measure_stream"]
+__all__ = ["LATENCY_CLOCK", "Publishing", "StreamReport", "TopicGenerator", "measure_stream"]
 
 LATENCY_CLOCK = "one clock: the publisher's time.time_ns() in each item against the subscriber's, on this machine"
 _TOPIC_ONLY = ("procs", "publish", "generator", "latency_clock", "histogram", "out_of_order", "ended")
@@ -37,6 +37,16 @@ class Publishing:
     ok: int = 0
     failed: int = 0
     not_sent: int = 0  # due within the run but never sent (the server or the generator fell behind)
+
+
+@dataclass
+class TopicGenerator(Generator):
+    """A topic benchmark's generator health: the busiest process (``cpu_pct``, ``loop_lag_ms``) and all of
+    its processes together against the cores they may run on."""
+
+    cpu_total_pct: float = 0.0  # every process's CPU share added up (100 = one core)
+    processes: int = 1  # the subscribers' processes, and the publisher's when it has its own
+    cores: int = 1  # the cores these processes may run on (their CPU affinity)
 
 
 @dataclass
@@ -56,7 +66,7 @@ class StreamReport:
     errors: list[str] = field(default_factory=list)
     procs: int = 1  # topic: processes the subscribers were spread over
     publish: Publishing | None = None
-    generator: Generator | None = None  # topic: the busiest load process's health
+    generator: TopicGenerator | None = None  # topic: the load processes' health
     latency_clock: str | None = None  # topic: where publish-to-receipt latency comes from
     histogram: str | None = None  # topic: the latency's HDR histogram (all processes merged exactly)
     out_of_order: int = 0  # topic: items whose seq was not above the last one the subscriber had

@@ -48,7 +48,7 @@ def stream_report(report: Any) -> Any:
     label, values = ("latency ms", report.latency_ms) if topic else ("gap ms", report.gap_ms)
     rows += [(f"{label} {key}", "-" if value is None else f"{value:.3f}") for key, value in values.items()]
     if topic:
-        rows.append(("latency clock", "publish to receipt, one clock (this machine)"))
+        rows.append(("latency clock", "one clock (this machine)"))
         rows += _topic_generator_rows(report.generator)
     rows += [("error", plain(error)) for error in report.errors]
     for row in rows:
@@ -81,6 +81,7 @@ def _topic_generator_rows(generator: Any) -> list[tuple[str, str]]:
         return []
     rows = [
         ("generator CPU (busiest process)", f"{generator.cpu_pct:.0f} %"),
+        (f"generator CPU ({generator.processes} on {generator.cores} cores)", f"{generator.cpu_total_pct:.0f} %"),
         ("generator event-loop lag p99", f"{generator.loop_lag_ms:.3f} ms"),
     ]
     if generator.schedule_lag_ms is not None:
