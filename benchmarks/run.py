@@ -9,14 +9,16 @@ Imports each script's measure() and runs them in turn, each printing its own tab
   coldstart.py      synapse call / synapse --help wall time vs a minimal websockets script;
   memory.py         RSS per idle connection and churn drift, synapse serve vs bare Starlette;
   workers.py        synapse serve --workers 2 vs --workers 1 (not pinned), CPU-bound and transport-bound calls;
-  fairness.py       one connection's sequential round trips while another floods cancels, vs no flood.
+  fairness.py       one connection's sequential round trips while another floods cancels, vs no flood;
+  fanout.py         a topic's deliveries per server CPU-second, synapse serve vs websockets broadcast() and a
+                    Node ws broadcast loop, 1,000 and 10,000 subscribers, the synapse bench --topic generator.
 Then a summary: each comparison, the synapse figure, the reference figure, the ratio, the target and
 whether it is met. A comparison with no target set is informational. A script that fails is reported
 in the summary (exit status 1); missed targets do not change the exit status. Without Node or
 `npm install` in benchmarks/node, the scripts that need them are skipped with one line saying what to
 install.
 
-The defaults take about 7 minutes on 2 cores; --quick is a smoke run (under a minute) whose figures are
+The defaults take about 9 minutes on 2 cores; --quick is a smoke run (under a minute) whose figures are
 too short to trust.
 
 --baseline DIR (a checkout of older synapse code) runs that code's synapse serve next to this one in
@@ -39,6 +41,7 @@ from pathlib import Path
 import bench_vs_bare
 import coldstart
 import fairness
+import fanout
 import memory
 import pipelined
 import servers
@@ -241,6 +244,28 @@ def run_workers(quick: bool) -> list[Summary]:
     return summaries
 
 
+def run_fanout(quick: bool) -> list[Summary]:
+    loads = [fanout.Load(1000, 20)] if quick else [fanout.Load.parse(text) for text in fanout.DEFAULT_LOADS]
+    seconds, repeat = (1.0, 1) if quick else (5.0, 2)
+    rows = fanout.measure(loads, seconds, repeat)
+    fanout.print_table(rows, seconds, repeat)
+    summaries = []
+    for load in loads:
+        ours = fanout.find(rows, load, fanout.SYNAPSE_SERVE).median("per_cpu_s") or 0.0
+        references = ((fanout.WEBSOCKETS, "websockets", fanout.WEBSOCKETS_TARGET),
+                      (fanout.NODE_WS, "Node ws", fanout.NODE_TARGET))  # fmt: skip
+        for reference, short, target in references:
+            theirs = fanout.find(rows, load, reference).median("per_cpu_s") or 0.0
+            ratio = ours / theirs if theirs else None
+            summaries.append(
+                Summary(
+                    f"topic {load}, per server CPU-s vs {short}", f"{ours:,.0f} /cpu-s",
+                    f"{theirs:,.0f} /cpu-s", ratio, f"≥ {target:.1f}x", ratio is not None and ratio >= target,
+                )
+            )  # fmt: skip
+    return summaries
+
+
 SECTIONS: dict[str, Callable[[bool], list[Summary]]] = {
     "servers.py": run_servers,
     "pipelined.py": run_pipelined,
@@ -249,8 +274,9 @@ SECTIONS: dict[str, Callable[[bool], list[Summary]]] = {
     "memory.py": run_memory,
     "workers.py": run_workers,
     "fairness.py": run_fairness,
+    "fanout.py": run_fanout,
 }
-NEEDS_NODE = {"servers.py", "workers.py"}  # bench_vs_bare.py skips its Node row by itself
+NEEDS_NODE = {"servers.py", "workers.py", "fanout.py"}  # bench_vs_bare.py skips its Node row by itself
 
 
 def print_summary(lines: list[Summary]) -> None:
