@@ -71,11 +71,6 @@ class TopicConfig:
     insecure: bool = False
     wire: str = SYNAPSE  # BROADCAST: benchmarks/fanout.py's bare broadcast servers
 
-    def describe(self) -> dict[str, Any]:
-        """The configuration as the report shows it (no token)."""
-        shown = {k: v for k, v in self.__dict__.items() if k not in ("token", "cafile", "insecure")}
-        return {**shown, "token": self.token is not None}
-
 
 @dataclass
 class Refusal:
