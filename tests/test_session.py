@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -290,3 +292,70 @@ def test_a_notification_to_the_peer_is_jsonrpc_in_both_dialects() -> None:
     assert s.send_notification("ping", None) == [Reply(b'{"jsonrpc":"2.0","method":"ping"}')]
     with pytest.raises(ValueError, match="cannot be sent as JSON"):
         s.send_notification("bad", [float("nan")])
+
+
+# -- streams and topics ------------------------------------------------------------------------------
+
+
+def stream_registry() -> Registry:
+    registry = Registry()
+    registry.topic("prices", history=10)
+
+    @registry.function
+    async def when(n: int) -> AsyncIterator[datetime.date]:
+        """Dates: encoded as their declared type, like results."""
+        yield datetime.date(2024, 1, n)
+
+    @registry.function
+    async def anything() -> AsyncIterator[Any]:
+        """Items of no declared type: orjson's JSON, or nothing."""
+        yield float("nan")
+
+    return registry
+
+
+def test_a_topic_call_starts_with_its_topic_and_its_items_framing_in_both_dialects() -> None:
+    """A topic subscription's Start names the topic; its items are prefix + shared payload + suffix, the
+    native {"id", "item"} and the JSON-RPC rpc.item notification of its subscription."""
+    registry = stream_registry()
+    native = Session(registry)
+    (start,) = native.receive('{"id": "a", "func": "prices", "args": {"since": 3}}')
+    assert type(start) is Start and start.topic is registry.topics["prices"] and start.args == (3,)
+    prefix, suffix = native.item_framing(start.key)
+    assert prefix + b'1,"position":4' + suffix == b'{"id":"a","item":1,"position":4}'
+    jsonrpc = Session(registry)
+    reply, start = jsonrpc.receive('{"jsonrpc": "2.0", "id": 9, "method": "prices"}')
+    assert type(reply) is Reply and orjson.loads(reply.data) == {
+        "jsonrpc": "2.0",
+        "id": 9,
+        "result": {"subscription": "1"},
+    }
+    prefix, suffix = jsonrpc.item_framing(start.key)  # type: ignore[union-attr]
+    assert orjson.loads(prefix + b'{"p":1},"position":7' + suffix) == {
+        "jsonrpc": "2.0",
+        "method": "rpc.item",
+        "params": {"subscription": "1", "item": {"p": 1}, "position": 7},
+    }
+
+
+def test_a_plain_stream_starts_without_a_topic() -> None:
+    """A generator function's Start carries no topic: its driver runs the generator."""
+    (start,) = Session(stream_registry()).receive('{"id": 1, "func": "when", "args": [2]}')
+    assert type(start) is Start and start.topic is None
+
+
+def test_stream_items_are_encoded_as_their_declared_type() -> None:
+    """An item of a generator annotated AsyncIterator[date] is written as pydantic writes a date."""
+    sess = Session(stream_registry())
+    (start,) = sess.receive('{"id": 1, "func": "when", "args": [2]}')
+    assert replies(sess.item(start.key, datetime.date(2024, 1, 2))) == [{"id": 1, "item": "2024-01-02"}]  # type: ignore[union-attr]
+
+
+def test_an_item_json_cannot_carry_stops_the_stream_with_32603() -> None:
+    """NaN as an item: the stream is stopped; once its task ends, the reply is -32603 "item not serializable"."""
+    sess = Session(stream_registry())
+    (start,) = sess.receive('{"id": 1, "func": "anything"}')
+    key = start.key  # type: ignore[union-attr]
+    assert sess.item(key, float("nan")) == [Stop(key)]
+    error = {"code": -32603, "message": "item not serializable"}
+    assert replies(sess.finish(key, error=asyncio.CancelledError())) == [{"id": 1, "result": None, "error": error}]

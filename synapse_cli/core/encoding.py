@@ -37,6 +37,7 @@ __all__ = [
     "encode_item",
     "encode_list",
     "encode_notification",
+    "item_framing",
     "join_batch",
     "reply_body",
     "reply_error",
@@ -128,18 +129,23 @@ def reply_body(request_id: Any, dialect: Dialect, body: bytes) -> bytes:
     return b'{"jsonrpc":"2.0","result":' + body + b',"id":' + _id_json(request_id) + b"}"
 
 
-def encode_item(request_id: Any, dialect: Dialect, subscription: str | None, item: Any) -> bytes | None:
-    """One item of a stream (SPEC §5); None when JSON cannot carry it.
+def item_framing(request_id: Any, dialect: Dialect, subscription: str | None) -> tuple[bytes, bytes]:
+    """What goes around a stream's items (SPEC §5): ``prefix + item + suffix`` is one item's message.
 
-    Native: ``{"id", "item"}``. JSON-RPC: an ``rpc.item`` notification naming the subscription.
+    Native: ``{"id": X, "item": ...}``. JSON-RPC: an ``rpc.item`` notification naming the subscription.
+    The item part may be followed by ``,"position":N`` (a topic with a history): a topic encodes that once
+    per publish and every subscriber puts only its own prefix and suffix around it.
     """
-    body = dump_json(item)
-    if body is None:
-        return None
     if dialect == NATIVE:
-        return b'{"id":' + _id_json(request_id) + b',"item":' + body + b"}"
+        return b'{"id":' + _id_json(request_id) + b',"item":', b"}"
     head = b'{"jsonrpc":"2.0","method":"rpc.item","params":{"subscription":' + orjson.dumps(subscription)
-    return head + b',"item":' + body + b"}}"
+    return head + b',"item":', b"}}"
+
+
+def encode_item(request_id: Any, dialect: Dialect, subscription: str | None, body: bytes) -> bytes:
+    """One item of a stream, already encoded as JSON (``body``, see Function.encode_result)."""
+    prefix, suffix = item_framing(request_id, dialect, subscription)
+    return prefix + body + suffix
 
 
 def encode_end(subscription: str, error: ErrorInfo | None) -> bytes:
@@ -224,15 +230,23 @@ def _error_info(error: Any) -> ErrorInfo:
 def _stream_event(obj: dict[str, Any]) -> Reply:
     """A stream's item (native ``{"id", "item"}``, JSON-RPC ``rpc.item``) or end (``rpc.end``)."""
     if "item" in obj and "id" in obj:
-        return Reply(obj["id"], obj["item"], kind="item")
+        return Reply(obj["id"], obj["item"], kind="item", position=_position(obj))
     params = obj.get("params")
     method = obj.get("method")
     if method not in ("rpc.item", "rpc.end") or type(params) is not dict or type(params.get("subscription")) is not str:
         raise ValueError("not a reply object")
     if method == "rpc.item":
-        return Reply(None, params.get("item"), kind="item", subscription=params["subscription"])
+        return Reply(
+            None, params.get("item"), kind="item", subscription=params["subscription"], position=_position(params)
+        )
     error = params.get("error")
     return Reply(None, None, None if error is None else _error_info(error), "end", params["subscription"])
+
+
+def _position(obj: dict[str, Any]) -> int | None:
+    """An item's ``position`` (a topic with a history), when it has a valid one."""
+    position = obj.get("position")
+    return position if type(position) is int else None
 
 
 def _reply_from(obj: Any) -> Reply:

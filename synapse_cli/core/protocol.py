@@ -23,6 +23,7 @@ __all__ = [
     "CANCELLED",
     "DISCOVER",
     "FORBIDDEN",
+    "HISTORY_LOST",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INT64_MIN",
@@ -64,6 +65,7 @@ CANCELLED: Final = -32002
 SHUTTING_DOWN: Final = -32003
 SUBSCRIBER_TOO_SLOW: Final = -32004
 BROKER_UNAVAILABLE: Final = -32005
+HISTORY_LOST: Final = -32006  # a topic subscription's since= is older than the history the topic keeps
 FORBIDDEN: Final = -32007  # a check of the call's context refused it (Registry(requires=...))
 
 CALL: Final = "call"
@@ -149,6 +151,7 @@ class Reply:
     error: ErrorInfo | None = None
     kind: str = "reply"  # "reply", "item" (``result`` is the item), "end" (of a JSON-RPC stream), "invalid"
     subscription: str | None = None
+    position: int | None = None  # an item's place in its topic, when the topic keeps a history
 
 
 def _invalid(message: str, request_id: Any = None, dialect: Dialect = JSONRPC) -> Invalid:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, TypeVar, overload
 
 import orjson
+from pydantic import NonNegativeInt
 
 from synapse_cli.core.context import Requires, checks_of
 from synapse_cli.core.errors import RPCError
@@ -55,25 +56,55 @@ class Registry:
         self.topics: dict[str, Topic] = {}
         self.requires = checks_of(requires)
 
-    def topic(self, name: str, *, description: str | None = None) -> Topic:
+    def topic(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        history: int = 0,
+        ttl: float | None = None,
+        item: Any = Any,
+    ) -> Topic:
         """Register a topic: a stream function ``name`` whose items are what ``topic.publish`` sends.
 
         ::
 
-            prices = registry.topic("prices")
+            prices = registry.topic("prices", history=1000)
 
             @registry.function
             async def set_price(symbol: str, price: float) -> None:
                 await prices.publish({"symbol": symbol, "price": price})
+
+        Args:
+            description: what ``list`` and ``rpc.discover`` say of it.
+            history: the last N items kept: each item then carries its ``position``, and a subscriber
+                passing ``since=<position>`` first gets the kept items after it (-32006 when they are gone).
+            ttl: seconds a kept item stays replayable (with ``history``).
+            item: the type of the values published: each is encoded as that type declares (like a
+                function's result), once per publish, and ``list`` shows its schema.
         """
-        topic = Topic(name)
+        topic = Topic(name, history=history, ttl=ttl)  # ValueError for a history or ttl that cannot be
+        if history:
 
-        async def subscribe() -> AsyncIterator[Any]:
-            async for item in topic.items():
-                yield item
+            async def subscribe(since: NonNegativeInt | None = None) -> AsyncIterator[Any]:
+                async for value in topic.items(since):
+                    yield value
 
-        subscribe.__doc__ = description or f"Every value published to the topic {name!r}, as it is published."
-        self.add(subscribe, name=name)
+            kept = f"the last {history} items" + (f" of at most {ttl:g} s" if ttl is not None else "")
+            default = (
+                f"Every value published to the topic {name!r}, as it is published; since=N first sends the kept "
+                f"ones after position N ({kept} are kept)."
+            )
+        else:
+
+            async def subscribe() -> AsyncIterator[Any]:  # type: ignore[misc]
+                async for value in topic.items():
+                    yield value
+
+            default = f"Every value published to the topic {name!r}, as it is published."
+        subscribe.__annotations__["return"] = AsyncIterator[item]  # the items' type: encoder and schema
+        subscribe.__doc__ = description or default
+        topic.encode = self.add(subscribe, name=name).encode_result
         self.topics[name] = topic
         return topic
 

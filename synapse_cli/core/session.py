@@ -29,6 +29,7 @@ from synapse_cli.core.functions import Function
 from synapse_cli.core.outgoing import Answered, Outgoing
 from synapse_cli.core.protocol import CALL, CANCEL, LIST, NATIVE, ErrorInfo, Invalid, Request
 from synapse_cli.core.registry import Registry, error_from_exception
+from synapse_cli.core.topics import Topic
 
 __all__ = ["Action", "Answered", "Observer", "Reply", "Session", "Start", "Stop"]
 
@@ -50,6 +51,7 @@ class Start:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     guard: Callable[[], Awaitable[None]] | None = None  # the call's async checks (raise to refuse it)
+    topic: Topic | None = None  # a subscription to this topic: its items come from publishes, not a generator
 
 
 @dataclass(slots=True)
@@ -218,11 +220,17 @@ class Session:
         call = self.calls.get(key)
         if call is None or call.reason is not None:
             return []
-        request = call.request
-        data = encoding.encode_item(request.id, request.dialect, call.subscription, value)
-        if data is None:
+        body = call.function.encode_result(value)  # as the item type declares it, like a result
+        if body is None:
+            call.function.result_error(value)  # logged with the function and the types
             return self._stop(key, protocol.INTERNAL_ERROR)
-        return [Reply(data)]
+        request = call.request
+        return [Reply(encoding.encode_item(request.id, request.dialect, call.subscription, body))]
+
+    def item_framing(self, key: Any) -> tuple[bytes, bytes]:
+        """What goes around each item of the stream call ``key`` (a topic's subscription): prefix, suffix."""
+        request = self.calls[key].request
+        return encoding.item_framing(request.id, request.dialect, self.calls[key].subscription)
 
     # -- calls to the peer (a Context's call and notify) -------------------------------------------
 
@@ -351,7 +359,9 @@ class Session:
     def _launch(self, key: Any, call: _Call, actions: list[Action]) -> None:
         call.running = True
         self.running += 1
-        actions.append(Start(key, call.function, call.args, call.kwargs, call.guard))
+        function = call.function
+        topic = self.registry.topics.get(function.name) if function.stream else None
+        actions.append(Start(key, function, call.args, call.kwargs, call.guard, topic))
 
     def _start_held(self, actions: list[Action]) -> None:
         while self.held and self.running < self.max_inflight:

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from synapse_cli.core import protocol
 from synapse_cli.core.loglines import RateLimitedLog
 from synapse_cli.core.session import Action, Answered, Reply, Session, Start, Stop
+from synapse_cli.core.topics import Sink, Subscriber
 from synapse_cli.server.channel import PeerChannel
+from synapse_cli.server.subscription import DrainSink, ItemLink, LinkSink
 
 if TYPE_CHECKING:
     from synapse_cli.server.metrics import Metrics
@@ -36,7 +38,8 @@ CLOSE_GRACE = 1.0  # seconds stopped calls get to write their replies before the
 
 
 class Link(Protocol):
-    """Where a connection's replies go: a WebSocket, written in order, never waited on."""
+    """Where a connection's replies go: a WebSocket, written in order, never waited on. A link that is
+    also an :class:`~synapse_cli.server.subscription.ItemLink` takes a topic's items without a copy."""
 
     def write(self, data: bytes) -> None:
         """Queue one text message (UTF-8); dropped when the connection is closing."""
@@ -81,6 +84,7 @@ class Connection:
         self.peer = peer
         self.tasks: dict[Any, asyncio.Task[Any]] = {}
         self.timers: dict[Any, asyncio.TimerHandle] = {}
+        self.subscribers: dict[Any, Subscriber] = {}  # the topic subscriptions running, by call key
         self._idle: asyncio.Event | None = None  # made while someone waits for the calls to end
         self._protocol_log = RateLimitedLog()
         self._log_calls = logger.isEnabledFor(logging.DEBUG)  # decided when the connection opens
@@ -136,6 +140,9 @@ class Connection:
                 task = self.tasks.get(action.key)
                 if task is not None:
                     task.cancel()
+                subscriber = self.subscribers.pop(action.key, None)
+                if subscriber is not None:  # no item after the stop, not even before the task ends
+                    subscriber.topic.unsubscribe(subscriber)
             elif type(action) is Answered:
                 self.channel.answered(action)
         self.link.update_reading(self.session.saturated)
@@ -152,6 +159,8 @@ class Connection:
         function = start.function
         if start.guard is not None:  # the call's async checks first (they may refuse it)
             task = loop.create_task(self._guarded(start))
+        elif start.topic is not None:
+            task = loop.create_task(self._subscribe(start))
         elif function.stream:
             task = loop.create_task(self._stream(start))
         elif function.is_async:
@@ -171,6 +180,8 @@ class Connection:
         assert start.guard is not None
         await start.guard()
         function = start.function
+        if start.topic is not None:
+            return await self._subscribe(start)
         if function.stream:
             return await self._stream(start)
         if function.is_async:
@@ -198,6 +209,25 @@ class Connection:
                 await self.link.drained()
         finally:
             await source.close()
+
+    async def _subscribe(self, start: Start) -> None:
+        """A topic subscription: its items are written by the publishes themselves; this waits for its end."""
+        topic = start.topic
+        assert topic is not None
+        prefix, suffix = self.session.item_framing(start.key)
+        link = self.link
+        sink: Sink = DrainSink(link, prefix, suffix)
+        if isinstance(link, ItemLink):  # ours: the shared payload is written as it is, at once
+            sink = LinkSink(link, prefix, suffix, self.metrics)
+        subscriber = await topic.subscribe(sink, topic.since_of(start.args, start.kwargs))
+        self.subscribers[start.key] = subscriber
+        try:
+            await subscriber.ended
+        finally:
+            self.subscribers.pop(start.key, None)
+            topic.unsubscribe(subscriber)
+        if subscriber.error is not None:
+            raise subscriber.error
 
     def _expire(self, key: Any) -> None:
         self.timers.pop(key, None)

@@ -103,6 +103,7 @@ class _WebSocket:
         self._ping: bytes | None = None  # the keepalive ping waiting for its pong
         self._closing = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # streams waiting for the peer to read
+        self._writable_callbacks: list[Callable[[], None]] | None = None  # topic subscribers behind
         self._held: list[bytes] | None = None  # a close frame (and what followed it) waiting for replies
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
@@ -152,6 +153,9 @@ class _WebSocket:
         self._writable = True
         self._set_reading()
         self._wake_drained()
+        callbacks, self._writable_callbacks = self._writable_callbacks, None
+        for callback in callbacks or ():
+            callback()
 
     def _wake_drained(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, None
@@ -373,6 +377,36 @@ class _WebSocket:
         if not self._flush_soon:
             self._flush_soon = True
             self.loop.call_soon(self._end_turn)
+
+    @property
+    def writable(self) -> bool:
+        """True while the peer reads what we write, or the connection is closing (writes are dropped)."""
+        return self._writable or self._closing
+
+    def write_item(self, prefix: bytes, payload: bytes, suffix: bytes) -> None:
+        """One text message in three parts (a topic's shared payload between this call's framing)."""
+        if self.ws.state is not _OPEN or self._closing:
+            return
+        out = self._out
+        size = len(prefix) + len(payload) + len(suffix)
+        out.append(text_header(size))
+        out.append(prefix)
+        out.append(payload)
+        out.append(suffix)
+        self._out_size += size
+        if self._out_size >= _FLUSH_AT:
+            self._flush()  # the transport may pause writing now: the next item waits for it
+        elif not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._end_turn)
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the peer reads again (never once closing: the subscription ends with it)."""
+        if self._closing:
+            return
+        if self._writable_callbacks is None:
+            self._writable_callbacks = []
+        self._writable_callbacks.append(callback)
 
     async def drained(self) -> None:
         """Return once the transport takes more: a stream sends its next item only then (backpressure)."""
