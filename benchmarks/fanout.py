@@ -26,7 +26,10 @@ RLIMIT_NOFILE (the servers and the generator's processes inherit it) and stops w
 hard limit is too low.
 
     (cd benchmarks/node && npm install) && python benchmarks/fanout.py [--loads 1000x50 10000x5]
-        [--seconds 5] [--repeat 3] [--procs 2]
+        [--seconds 5] [--repeat 3] [--procs 2] [--baseline DIR]
+
+With --baseline DIR (`git archive COMMIT synapse_cli | tar -x -C DIR`), that code's synapse serve (python -m
+synapse_cli, DIR first on PYTHONPATH) runs next to this one in every round: before and after in one run.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from synapse_cli.bench.topic import BROADCAST, SYNAPSE, TopicConfig, measure_top
 
 HERE = Path(__file__).parent
 SYNAPSE_SERVE = "synapse serve, topic events"
+BASELINE = "synapse serve, --baseline code"
 WEBSOCKETS = "websockets broadcast()"
 NODE_WS = "Node ws, broadcast loop"
 NAMES = (SYNAPSE_SERVE, WEBSOCKETS, NODE_WS)
@@ -136,10 +140,13 @@ def generator_pinned() -> Iterator[str]:
         os.sched_setaffinity(0, before)
 
 
-def commands(port: int, node: str) -> dict[str, list[str]]:
+def commands(port: int, node: str, baseline: Path | None = None) -> dict[str, list[str]]:
+    """Each server's command; BASELINE (with ``baseline``) is synapse serve run from that checkout's code."""
     synapse = str(Path(sys.executable).parent / "synapse")
+    serve = ["serve", "--port", str(port), "--log-level", "warning", "--max-connections", "100000"]
     return {
-        SYNAPSE_SERVE: [synapse, "serve", "--port", str(port), "--log-level", "warning", "--max-connections", "100000"],
+        SYNAPSE_SERVE: [synapse, *serve],
+        BASELINE: ["env", f"PYTHONPATH={baseline}", sys.executable, "-m", "synapse_cli", *serve],
         WEBSOCKETS: [sys.executable, str(HERE / "reference" / "broadcast_websockets.py"), str(port)],
         NODE_WS: [node, str(HERE / "node" / "broadcast_server.js"), str(port)],
     }
@@ -164,16 +171,16 @@ def start(command: list[str], url: str) -> subprocess.Popen[bytes]:
 
 
 @contextlib.contextmanager
-def running_servers(node: str) -> Iterator[dict[str, tuple[str, int]]]:
+def running_servers(names: tuple[str, ...], node: str, baseline: Path | None) -> Iterator[dict[str, tuple[str, int]]]:
     """Every server up, pinned to core 0: name -> (URL, pid)."""
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         urls = {}
-        for name in NAMES:
+        for name in names:
             port = free_port()
             urls[name] = f"ws://127.0.0.1:{port}/ws"
-            processes[name] = start(commands(port, node)[name], urls[name])
-        yield {name: (urls[name], processes[name].pid) for name in NAMES}
+            processes[name] = start(commands(port, node, baseline)[name], urls[name])
+        yield {name: (urls[name], processes[name].pid) for name in names}
     finally:
         for process in processes.values():
             process.terminate()
@@ -196,7 +203,7 @@ def measure_one(name: str, url: str, pid: int, load: Load, seconds: float, procs
 
     config = TopicConfig(
         url=url, topic="events", subscribers=load.subscribers, publish_rate=load.rate, duration=seconds,
-        procs=procs, timeout=30.0, wire=SYNAPSE if name == SYNAPSE_SERVE else BROADCAST,
+        procs=procs, timeout=30.0, wire=SYNAPSE if name in (SYNAPSE_SERVE, BASELINE) else BROADCAST,
     )  # fmt: skip
     report = measure_topic(config, on_phase=on_phase)
     (wall_0, user_0, sys_0), (wall_1, user_1, sys_1) = marks["measuring"], marks["drained"]
@@ -211,12 +218,20 @@ def measure_one(name: str, url: str, pid: int, load: Load, seconds: float, procs
     )  # fmt: skip
 
 
-def measure(loads: list[Load], seconds: float = 5.0, repeat: int = 3, procs: int = 2) -> list[Row]:
-    """Every server up at once; rounds interleaved (each load, each server once per round)."""
+def measure(
+    loads: list[Load], seconds: float = 5.0, repeat: int = 3, procs: int = 2, baseline: Path | None = None
+) -> list[Row]:
+    """Every server up at once; rounds interleaved (each load, each server once per round).
+
+    With ``baseline`` (a checkout of older synapse code), its synapse serve runs right after this one's.
+    """
     node = find_node()
+    if baseline is not None and not (baseline / "synapse_cli" / "__init__.py").exists():
+        raise SystemExit(f"--baseline {baseline}: no synapse_cli/ there")
     raise_open_files(max(load.subscribers for load in loads) + SPARE_FILES)
-    rows = [Row(load, name) for load in loads for name in NAMES]
-    with running_servers(node) as servers, generator_pinned() as pinning:  # servers first: not on core 1
+    names = (SYNAPSE_SERVE, BASELINE, *NAMES[1:]) if baseline else NAMES
+    rows = [Row(load, name) for load in loads for name in names]
+    with running_servers(names, node, baseline) as servers, generator_pinned() as pinning:  # servers first
         print(pinning, flush=True)
         for round_ in range(repeat):
             for row in rows:
@@ -258,7 +273,7 @@ def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
     print("kernel: the share of that CPU time spent in the kernel; gen: the generator's processes together, % of")
     print("its one core; bound: in how many rounds the generator, not the server, was the limit")
     print(
-        f"{'subscribers x rate':20} {'server':28} {'deliveries/s':>12} {'cpu':>5} {'kernel':>6} {'µs/delivery':>11} "
+        f"{'subscribers x rate':20} {'server':31} {'deliveries/s':>12} {'cpu':>5} {'kernel':>6} {'µs/delivery':>11} "
         f"{'per cpu-s':>10} {'p50 ms':>8} {'p99 ms':>8} {'missed':>7} {'gen':>4} {'bound':>5}"
     )
     for row in rows:
@@ -269,7 +284,7 @@ def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
         bound = sum(run.generator_bound for run in row.runs)
         label = str(row.load) if row.name == SYNAPSE_SERVE else ""
         print(
-            f"{label:20} {row.name:28} {row.median('deliveries_per_s') or 0:12,.0f} {cpu:5.2f} {kernel:6.0%} "
+            f"{label:20} {row.name:31} {row.median('deliveries_per_s') or 0:12,.0f} {cpu:5.2f} {kernel:6.0%} "
             f"{per_delivery:>11} "
             f"{per_cpu or 0:10,.0f} {ms(row.median('p50_ms')):>8} {ms(row.median('p99_ms')):>8} "
             f"{max(run.missed for run in row.runs):7,} {row.median('generator_total') or 0:4.0f} "
@@ -278,6 +293,12 @@ def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
     print("\nratios of the medians (goal: deliveries per server CPU-second, issue 22)")
     for load in dict.fromkeys(row.load for row in rows):
         ours = find(rows, load, SYNAPSE_SERVE)
+        if any(row.name == BASELINE for row in rows):
+            older = find(rows, load, BASELINE)
+            ratio = cpu_ratio(rows, load, BASELINE)
+            rate = (ours.median("deliveries_per_s") or 0) / (older.median("deliveries_per_s") or 1)
+            shown = "-" if ratio is None else f"{ratio:.2f}"
+            print(f"  {load}: synapse / --baseline code: per server CPU-second {shown}, deliveries/s {rate:.2f}")
         for reference, target in ((WEBSOCKETS, WEBSOCKETS_TARGET), (NODE_WS, NODE_TARGET)):
             theirs = find(rows, load, reference)
             ratio = cpu_ratio(rows, load, reference)
@@ -298,9 +319,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--procs", type=int, default=2, help="generator processes for the subscribers")
+    parser.add_argument("--baseline", type=Path, help="also synapse serve from this checkout's code (before/after)")
     options = parser.parse_args()
     loads = [Load.parse(text) for text in options.loads]
-    rows = measure(loads, options.seconds, options.repeat, options.procs)
+    rows = measure(loads, options.seconds, options.repeat, options.procs, options.baseline)
     print_table(rows, options.seconds, options.repeat)
 
 
