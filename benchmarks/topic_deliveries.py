@@ -76,6 +76,7 @@ def client_frame(payload: bytes) -> bytes:
 
 def connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait behind the server's delayed ACK
     handshake(sock, port)
     return sock
 

@@ -17,6 +17,7 @@ peer does not read).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import itertools
 import logging
 import os
@@ -63,12 +64,14 @@ _TURN_FRAMES = 16  # frames of one read a connection handles before the other co
 _PARSE_BYTES = 2048  # bytes of one read split into frames at once (the rest waits for those turns)
 _FLUSH_AT = 16 * 1024  # bytes of replies or stream items held for one write before they leave anyway
 _numbers = itertools.count(1)
+_UTF8Decoder = codecs.getincrementaldecoder("utf-8")  # strict: refuses what can never be UTF-8 as soon as it arrives
 
 
 class _WebSocket:
     """One WebSocket connection under uvicorn: handshake, frames, flow control, close, drain."""
 
     state: ServerState  # set on the class :func:`websocket_protocol` makes
+    _dirty: list[_WebSocket]  # on that class too: connections with topic items to flush this iteration
 
     def __init__(
         self,
@@ -97,8 +100,9 @@ class _WebSocket:
         self._next = 0
         self._unparsed: memoryview | None = None  # bytes of a read past ``_PARSE_BYTES``, not split yet
         self._reading = True
-        self._fragments: bytearray | None = None  # a fragmented text message being assembled
+        self._fragments: list[str] | None = None  # a fragmented text message being assembled, decoded
         self._fragment_count = 0
+        self._utf8: codecs.IncrementalDecoder | None = None  # decodes its fragments as they arrive
         self._timers: list[asyncio.TimerHandle] = []
         self._ping: bytes | None = None  # the keepalive ping waiting for its pong
         self._closing = False
@@ -336,30 +340,31 @@ class _WebSocket:
         return not self._closing
 
     def _assemble(self, data: bytes, first: bool, fin: bool) -> bool:
-        """Collect a fragmented text message; hand it on whole. False once the connection failed."""
+        """Collect a fragmented text message, decoded as it arrives: the connection fails at the first fragment
+        that cannot be UTF-8 (as websockets' own connections do), not at the last; hand it on whole. False once
+        the connection failed."""
         if first:
-            self._fragments, self._fragment_count = bytearray(), 0
+            self._fragments, self._fragment_count, self._utf8 = [], 0, _UTF8Decoder()
             self._later(self.state.settings.handshake_timeout, self._message_late, self._fragments)
-        fragments = self._fragments
-        assert fragments is not None  # websockets refuses a continuation with no message started
-        fragments += data
+        fragments, decoder = self._fragments, self._utf8
+        assert fragments is not None and decoder is not None  # websockets refuses a continuation with no message
         self._fragment_count += 1
         if self._fragment_count > MAX_FRAGMENTS:
             self._fail(1009, f"message in more than {MAX_FRAGMENTS} fragments")
             return False
-        if not fin:
-            return True
-        self._fragments = None
         try:
-            text = fragments.decode()
+            fragments.append(decoder.decode(data, fin))
         except UnicodeDecodeError:
             self._fail(1007, "invalid UTF-8 in a text message")
             return False
+        if not fin:
+            return True
+        self._fragments = None
         assert self.connection is not None
-        self.connection.receive(text)
+        self.connection.receive("".join(fragments))
         return True
 
-    def _message_late(self, fragments: bytearray) -> None:
+    def _message_late(self, fragments: list[str]) -> None:
         if self._fragments is fragments:
             self._fail(1008, "fragmented message not completed in time")
             self._flush()
@@ -398,7 +403,10 @@ class _WebSocket:
             self._flush()  # the transport may pause writing now: the next item waits for it
         elif not self._flush_soon:
             self._flush_soon = True
-            self.loop.call_soon(self._end_turn)
+            dirty = self._dirty  # one callback for every connection a publish wrote to, not one each
+            if not dirty:
+                self.loop.call_soon(_end_turns, dirty)
+            dirty.append(self)
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the peer reads again (never once closing: the subscription ends with it)."""
@@ -517,6 +525,14 @@ class _WebSocket:
             self._flush()
 
 
+def _end_turns(connections: list[_WebSocket]) -> None:
+    """The end of the loop iteration for every connection a topic's items were written to."""
+    batch = connections[:]
+    connections.clear()
+    for connection in batch:
+        connection._end_turn()
+
+
 def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     """``synapse.v1`` when offered (a browser sending its token as ``bearer.…``), never the token itself."""
     return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
@@ -524,4 +540,4 @@ def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]
 
 def websocket_protocol(state: ServerState) -> type[asyncio.Protocol]:
     """The class for ``uvicorn.Config(ws=...)``: our WebSocket protocol, serving ``state``."""
-    return type("SynapseWebSocket", (_WebSocket, asyncio.Protocol), {"state": state})
+    return type("SynapseWebSocket", (_WebSocket, asyncio.Protocol), {"state": state, "_dirty": []})
