@@ -1,7 +1,8 @@
 """synapse: WebSocket RPC in one command — a server, a client and a load generator.
 
-Expose functions with a :class:`Registry`, serve them with ``synapse serve``, call them with
-:class:`Client` (or :func:`call` from a script, ``synapse call`` from a shell).
+Expose functions with a :class:`Registry`, serve them with ``synapse serve`` (or mount them in your own
+ASGI app with :func:`asgi`), call them with :class:`Client` (or :func:`call` from a script, ``synapse
+call`` from a shell).
 
 The names are imported on first use, so ``synapse call`` does not pay for pydantic or uvicorn.
 """
@@ -22,9 +23,11 @@ __all__ = [
     "InvalidReply",
     "RPCError",
     "Registry",
+    "Settings",
     "SyncClient",
     "SynapseError",
     "__version__",
+    "asgi",
     "call",
 ]
 
@@ -40,6 +43,8 @@ _LOCATIONS = {
     "SyncClient": "synapse_cli.client.sync",
     "call": "synapse_cli.client.sync",
     "Registry": "synapse_cli.core.registry",
+    "Settings": "synapse_cli.core.settings",
+    "asgi": "synapse_cli.server.mount",
 }
 
 if TYPE_CHECKING:
@@ -48,6 +53,8 @@ if TYPE_CHECKING:
     from synapse_cli.core.context import Context
     from synapse_cli.core.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError, SynapseError
     from synapse_cli.core.registry import Registry
+    from synapse_cli.core.settings import Settings
+    from synapse_cli.server.mount import asgi
 
 
 def __getattr__(name: str) -> Any:

@@ -1,23 +1,20 @@
-"""The server: a Starlette app (``/ws``, ``/health``, ``/metrics``) and what its connections share.
+"""What the connections of one server share, and the ASGI app ``synapse serve`` runs (:func:`create_app`).
 
 :class:`ServerState` holds one server process's registry, settings, open connections and metrics, and
 decides whether a handshake is accepted (token, origin, path, connection limit, drain). Each accepted
 connection is a :class:`~synapse_cli.server.connection.Connection` driving a sans-I/O
 :class:`~synapse_cli.core.session.Session`. Under uvicorn, ``/ws`` is served by our own WebSocket protocol
-(``transport.py``); :class:`RPCEndpoint` serves it through plain ASGI under any other server.
-Processes, signals and user code are ``runner.py``'s.
+(``transport.py``); ``mount.py``'s ``RPCEndpoint`` serves it through plain ASGI (another server, or an
+app mounting ours), and its ``SynapseApp`` is the Starlette app itself. Processes, signals and user
+code are ``runner.py``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import itertools
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +26,8 @@ from synapse_cli.core.session import Session
 from synapse_cli.core.settings import DEFAULT_HOST, DEFAULT_PORT, WS_PATH, Settings, is_loopback
 from synapse_cli.server.broker import RedisBroker
 from synapse_cli.server.connection import Connection, Link
-from synapse_cli.server.docs import page
 from synapse_cli.server.metrics import Metrics
 from synapse_cli.server.tokens import BEARER_PREFIX, Tokens
-from synapse_cli.server.tokens import offered_subprotocols as _subprotocols
 
 __all__ = [
     "DEFAULT_HOST",
@@ -40,7 +35,6 @@ __all__ = [
     "BEARER_PREFIX",
     "SUBPROTOCOL",
     "WS_PATH",
-    "RPCEndpoint",
     "ServerState",
     "Settings",
     "balanced_ports",
@@ -107,14 +101,20 @@ class ServerState:
         """True when no token is set, or the request carries one of them (``tokens.py``: constant time)."""
         return self.tokens.identify(headers)[0]
 
-    def refusal(self, path: str, headers: Sequence[tuple[str, str]]) -> tuple[int, str] | None:
-        """Why a handshake must be refused (HTTP status and text), or None to accept it."""
-        if path != WS_PATH:
+    def refusal(
+        self, path: str | None, headers: Sequence[tuple[str, str]], *, secure: bool | None = None
+    ) -> tuple[int, str] | None:
+        """Why a handshake must be refused (HTTP status and text), or None to accept it.
+
+        ``path`` None: a router chose this endpoint already (an ASGI app, mounted anywhere). ``secure``:
+        whether the handshake came over TLS (default: whether this server has a certificate).
+        """
+        if path is not None and path != WS_PATH:
             return 404, f"no WebSocket endpoint at {path}: the endpoint is {WS_PATH}"
         if not self.authorized(headers):
             return 401, "missing or wrong bearer token"
         origins = [value for name, value in headers if name.lower() == "origin"]
-        if origins and (len(origins) > 1 or not self._origin_allowed(origins[0], headers)):
+        if origins and (len(origins) > 1 or not self._origin_allowed(origins[0], headers, secure)):
             return 403, "origin not allowed"
         if self.draining:
             return 503, "server is shutting down"
@@ -122,12 +122,12 @@ class ServerState:
             return 503, "too many connections"
         return None
 
-    def _origin_allowed(self, origin: str, headers: Sequence[tuple[str, str]]) -> bool:
+    def _origin_allowed(self, origin: str, headers: Sequence[tuple[str, str]], secure: bool | None) -> bool:
         """An origin in ``--allow-origin``, or the server's own (its ``/docs`` page)."""
         if origin in self.settings.allow_origins:
             return True
         hosts = [value for name, value in headers if name.lower() == "host"]
-        scheme = "https" if self.settings.certfile else "http"
+        scheme = "https" if (bool(self.settings.certfile) if secure is None else secure) else "http"
         return len(hosts) == 1 and origin == f"{scheme}://{hosts[0]}"
 
     def log_drain(self) -> None:
@@ -184,177 +184,18 @@ def text_headers(scope: Scope) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope.get("headers") or []]
 
 
-# The page is self-contained: nothing may load from elsewhere, and it may open a WebSocket to its own host.
-_DOCS_HEADERS = {
-    "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'",
-    "x-content-type-options": "nosniff",
-}
 SUBPROTOCOL = "synapse.v1"
 
 
-class RPCEndpoint:
-    """The plain ASGI ``/ws`` endpoint (any ASGI server): handshake checks, then one :class:`Connection`.
-
-    Under uvicorn, ``synapse serve`` answers ``/ws`` with its own WebSocket protocol (``transport.py``)
-    and never reaches this; it is what another ASGI server, or an app mounting ours, runs.
-    """
-
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self._numbers = itertools.count(1)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        refusal = self.state.refusal(scope.get("path", WS_PATH), text_headers(scope))
-        if refusal is not None:
-            await _deny(scope, send, *refusal)
-            return
-        accept: dict[str, Any] = {"type": "websocket.accept"}
-        if SUBPROTOCOL in _subprotocols(text_headers(scope)):
-            accept["subprotocol"] = SUBPROTOCOL
-        await send(accept)
-        client = scope.get("client")
-        link = _ASGILink(send)
-        peer = f"{client[0]}:{client[1]}" if client else ""
-        connection = self.state.connect(link, number=next(self._numbers), peer=peer, headers=text_headers(scope))
-        try:
-            while True:
-                await link.readable()
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                if text is None:
-                    await link.close(1003)
-                    break
-                connection.receive(text)
-        finally:
-            self.state.disconnect(connection)
-            link.stop()
-
-
-_ASGI_QUEUE = 16  # messages a stream may queue for the ASGI server before it waits
-
-
-class _ASGILink:
-    """A :class:`~synapse_cli.server.connection.Link` over ASGI ``send``: one writer task keeps the order."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._wake = asyncio.Event()
-        self._reading = asyncio.Event()
-        self._reading.set()
-        self._sent = asyncio.Event()  # set after each message the server took
-        self._closed = False
-        self._writer = asyncio.ensure_future(self._write_all())
-
-    def write(self, data: bytes) -> None:
-        if not self._closed:
-            self._queue.append(data)
-            self._wake.set()
-
-    def update_reading(self, saturated: bool) -> None:
-        if saturated:
-            self._reading.clear()
-        else:
-            self._reading.set()
-
-    async def drained(self) -> None:
-        while len(self._queue) > _ASGI_QUEUE and not self._closed:
-            self._sent.clear()
-            await self._sent.wait()
-
-    async def readable(self) -> None:
-        await self._reading.wait()
-
-    async def _write_all(self) -> None:
-        while not self._closed:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue and not self._closed:
-                data = self._queue.popleft()
-                try:
-                    await self._send({"type": "websocket.send", "text": data.decode()})
-                except Exception:  # the peer is gone (each server words it its own way)
-                    self._closed = True
-                self._sent.set()
-
-    async def close(self, code: int) -> None:
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(Exception):
-                await self._send({"type": "websocket.close", "code": code})
-
-    def stop(self) -> None:
-        self._closed = True
-        self._sent.set()
-        self._writer.cancel()
-
-
-async def _deny(scope: Scope, send: Send, status: int, text: str) -> None:
-    """Refuse a handshake with an HTTP status (the ASGI denial-response extension), else 403."""
-    if "websocket.http.response" not in scope.get("extensions", {}):
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    body = text.encode() + b"\n"
-    headers = [(b"content-type", b"text/plain; charset=utf-8")]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-    await send({"type": "websocket.http.response.body", "body": body})
-
-
 def create_app(registry: Registry, settings: Settings | None = None, *, version: str = "0") -> Any:
-    """The ASGI application: ``/ws`` (RPC), ``/health`` (JSON), ``/metrics`` (Prometheus text)."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request as HTTPRequest
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route, WebSocketRoute
+    """The ASGI application ``synapse serve`` runs: ``/ws`` (RPC), ``/health``, ``/metrics``, ``/docs``.
 
-    from synapse_cli.server.metrics import CONTENT_TYPE_LATEST
+    It is :class:`~synapse_cli.server.mount.SynapseApp`'s Starlette app (what ``synapse_cli.asgi`` gives
+    to mount elsewhere), without the signal handling: ``synapse serve`` drains through uvicorn's shutdown.
+    """
+    from synapse_cli.server.mount import SynapseApp
 
-    state = ServerState(registry, settings or Settings(), version)
-
-    async def metrics(request: HTTPRequest) -> Response:
-        if not state.authorized(
-            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
-        ):  # metrics reveal function names and load
-            return Response("missing or wrong bearer token\n", 401, {"www-authenticate": "Bearer"})
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    async def health(request: HTTPRequest) -> JSONResponse:
-        body = {
-            "status": "shutting down" if state.draining else "ok",
-            "version": version,
-            "functions": len(registry),
-            "connections": len(state.connections),
-        }
-        return JSONResponse(body, status_code=503 if state.draining else 200)
-
-    endpoint = RPCEndpoint(state)
-    routes = [WebSocketRoute("/ws", endpoint), Route("/health", health), Route("/metrics", metrics)]
-    if state.settings.docs:
-
-        async def docs(request: HTTPRequest) -> Response:
-            return Response(page(), media_type="text/html; charset=utf-8", headers=_DOCS_HEADERS)
-
-        routes.append(Route("/docs", docs))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await state.start()
-        try:
-            yield
-        finally:
-            await state.close()
-
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.synapse = state
-    return app
+    return SynapseApp(registry, settings, version=version, drain_on_signal=False).app
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
