@@ -237,3 +237,31 @@ def test_the_endpoint_alone_serves_without_the_lifespan_and_says_so(caplog: pyte
         sock.close()
     warnings = [r.getMessage() for r in caplog.records if r.name == "synapse.server" and r.levelname == "WARNING"]
     assert warnings == ["synapse's lifespan is not running: pass lifespan=rpc.lifespan to your app (see asgi())"]
+
+
+def test_mounted_docs_page_calls_through_the_endpoint_beside_it() -> None:
+    """/rpc/docs in headless Chromium connects to /rpc/ws (the endpoint beside the page), with the token."""
+    from playwright.sync_api import expect, sync_playwright
+    from test_docs import CHROMIUM_ARGS, chromium_executable
+
+    executable = chromium_executable()
+    if executable is None:
+        pytest.skip("no chromium binary: apt-get install chromium (or set SYNAPSE_CHROMIUM)")
+    with mounted("uvicorn") as app, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{app.port}/rpc/docs")
+            page.locator("#token").fill(TOKEN)
+            page.get_by_role("button", name="Connect").click()
+            expect(page.locator("#status")).to_have_text("Connected: 3 functions (with a token).", timeout=10_000)
+            card = page.locator('details.fn[data-name="add_numbers"]')
+            card.locator("summary").click()
+            card.locator('[name="a"]').fill("2")
+            card.locator('[name="b"]').fill("3")
+            card.get_by_role("button", name="Call").click()
+            expect(card.locator("pre.value")).to_have_text("5", timeout=10_000)
+            command = f'synapse call add_numbers a=2 b=3 --url {app.url} --token "$SYNAPSE_TOKEN"'
+            expect(card.locator(".cli code")).to_have_text(command)
+        finally:
+            browser.close()
