@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -265,3 +267,36 @@ def test_mounted_docs_page_calls_through_the_endpoint_beside_it() -> None:
             expect(card.locator(".cli code")).to_have_text(command)
         finally:
             browser.close()
+
+
+def test_documented_fastapi_app_runs_as_shown(tmp_path: Path) -> None:
+    """docs/serving.md's main.py, run with the uvicorn command it shows, answers the synapse call shown, as shown."""
+    from test_examples import doc_blocks
+
+    (source,) = [block for block in doc_blocks("python") if block.startswith("# main.py")]
+    (tmp_path / "main.py").write_text(source)
+    block = next(block for block in doc_blocks("console") if "$ uvicorn main:app" in block)
+    lines = block.splitlines()
+    run, call, shown = shlex.split(lines[0][2:]), shlex.split(lines[1][2:]), lines[2]
+    assert run[:2] == ["uvicorn", "main:app"] and call[:2] == ["synapse", "call"]
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    command = [sys.executable, "-m", *run[:2], "--fd", str(sock.fileno()), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=clean_env(), pass_fds=(sock.fileno(),))
+    try:
+        url = call[call.index("--url") + 1]
+        assert url == f"ws://127.0.0.1:{option(run, '--port')}/rpc/ws"
+        call[call.index("--url") + 1] = f"ws://127.0.0.1:{port}/rpc/ws"  # the docs' port, as this test's free one
+        status = Mounted(process, port)
+        assert wait_for(lambda: _answers(status), 20)
+        done = synapse(*call[1:])
+        assert (done.returncode, done.stdout, done.stderr) == (0, shown + "\n", "")
+    finally:
+        process.kill()
+        process.wait(15)
+        sock.close()
+
+
+def option(command: list[str], name: str) -> str | None:
+    """The value of ``name`` in a command line, or None."""
+    return command[command.index(name) + 1] if name in command else None

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -493,3 +494,31 @@ def test_stubs_of_an_app_and_a_url_is_a_usage_error(tmp_path: Path) -> None:
     with_env = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert (with_env.returncode, with_env.stderr) == (0, "")
     assert (tmp_path / "b.py").read_text().startswith('"""Typed calls to synapse ')
+
+
+def test_documented_stubs_flow(tmp_path: Path, node_modules: Path) -> None:
+    """docs/python-client.md: `synapse stubs myfuncs.py` as shown; its client.py passes mypy --strict and prints
+    5.0 and 3, its client.ts passes tsc --strict and prints 5, against myfuncs.py served."""
+    from test_examples import doc_blocks
+
+    (myfuncs,) = [block for block in doc_blocks("python") if block.startswith("# myfuncs.py")]
+    (tmp_path / "myfuncs.py").write_text(myfuncs)
+    (client,) = [block for block in doc_blocks("python") if block.startswith("# client.py, using api.py")]
+    (typescript,) = [block for block in doc_blocks("ts") if block.startswith("// client.ts, using api.ts")]
+    console = next(block for block in doc_blocks("console") if "$ synapse stubs myfuncs.py" in block)
+    command = shlex.split(console.splitlines()[0][2:])
+    assert command == ["synapse", "stubs", "myfuncs.py", "--python", "api.py", "--typescript", "api.ts"]
+    made = subprocess.run([synapse_executable(), *command[1:]], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env=clean_env())  # fmt: skip
+    assert (made.returncode, made.stdout, made.stderr) == (0, "", "")
+    with serve_process(app=str(tmp_path / "myfuncs.py")) as served:
+        (tmp_path / "client.py").write_text(client.replace("ws://127.0.0.1:8001/ws", served.url))
+        checked = mypy(tmp_path, "api.py", "client.py")
+        assert checked.returncode == 0, checked.stdout
+        ran = subprocess.run([sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert (ran.returncode, ran.stdout, ran.stderr) == (0, "5.0\n3\n", "")
+        (tmp_path / "client.ts").write_text(typescript.replace("ws://127.0.0.1:8001/ws", served.url))
+        compiled = tsc(tmp_path, node_modules, ["api.ts", "client.ts"], types=["node"])
+        assert compiled.returncode == 0, compiled.stdout
+        done = node(tmp_path, "out/client.js")
+        assert (done.returncode, done.stdout, done.stderr) == (0, "5\n", "")
