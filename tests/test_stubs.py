@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -522,3 +523,36 @@ def test_documented_stubs_flow(tmp_path: Path, node_modules: Path) -> None:
         assert compiled.returncode == 0, compiled.stdout
         done = node(tmp_path, "out/client.js")
         assert (done.returncode, done.stdout, done.stderr) == (0, "5\n", "")
+
+
+NOTIFIED = """\
+import WebSocket from "ws";
+import { API } from "./context_stub.js";
+
+const notes: unknown[] = [];
+const onNotification = (method: string, params: unknown) => notes.push([method, params]);
+const api = await API.connect(process.argv[2], { WebSocket, onNotification });
+const done = await api.progress(2);
+const asked = await api.ask("confirm", []);
+api.close();
+console.log(JSON.stringify({ done, notes, asked }));
+"""
+
+
+def test_typescript_stub_gets_notifications_and_refuses_server_calls(tmp_path: Path, node_modules: Path) -> None:
+    """The TypeScript client hands ctx.notify's notifications to onNotification, and answers a ctx.call with
+    -32601 (it exposes no function), so the server's call fails at once instead of timing out."""
+    with running_server(load_app("context_app")) as served:
+        made = synapse("stubs", "--typescript", str(tmp_path / "context_stub.ts"), "--url", served.url)
+        assert (made.returncode, made.stderr) == (0, "")
+        (tmp_path / "main.ts").write_text(NOTIFIED)
+        compiled = tsc(tmp_path, node_modules, ["context_stub.ts", "main.ts"], types=["node"])
+        assert compiled.returncode == 0, compiled.stdout
+        start = time.monotonic()
+        ran = node(tmp_path, "out/main.js", served.url)
+        assert ran.returncode == 0, ran.stderr
+        assert time.monotonic() - start < 2.0  # not the 2 s timeout of ask
+    result = json.loads(ran.stdout)
+    assert result["done"] == "done"
+    assert result["notes"] == [["progress", {"step": 0, "of": 2}], ["progress", {"step": 1, "of": 2}]]
+    assert result["asked"]["raised"] == "RPCError" and "function not found: confirm" in result["asked"]["message"]
