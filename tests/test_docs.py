@@ -487,3 +487,29 @@ def test_the_page_answers_server_calls_from_a_prompt(browser: Browser) -> None:
         docs.call("announce", text="hello")
         expect(docs.status()).to_have_text('Notification announcement: {"text":"hello"}')
         assert docs.console_errors == []
+
+
+def test_a_topic_with_history_has_a_since_field_and_shows_each_items_position(browser: Browser) -> None:
+    """A topic with a history: its form has a since field (with its hint); since=3 shows the kept items
+    after position 3, each marked with its position, then live ones; the command says since=3."""
+    from test_resume import _build
+
+    with running_server(_build()) as server, tab(browser, server) as docs:
+        with SyncClient(server.url) as client:
+            for value in range(1, 6):
+                client.call("publish_small", value)
+        card = docs.open().function("small")
+        expect(card.locator(".hint")).to_have_text(
+            "The position of the last item received: the kept items after it come first (none: from now)."
+        )
+        docs.call("small", since="3")
+        expect(card.locator("ol.items li")).to_have_text(["4", "5"])
+        with SyncClient(server.url) as client:
+            assert client.call("publish_small", 6) == 1
+        expect(card.locator("ol.items li")).to_have_text(["4", "5", "6"])
+        positions = [li.get_attribute("data-position") for li in card.locator("ol.items li").all()]
+        assert positions == ["4", "5", "6"]
+        assert card.locator(".cli code").inner_text() == f"synapse call small since=3 --url {server.url}"
+        card.get_by_role("button", name="Stop").click()
+        assert wait_for(lambda: open_streams(server) == 0)
+        assert not docs.console_errors

@@ -434,3 +434,24 @@ def test_synapse_call_streams_live_through_a_pipe(server: Any, cli_env: dict[str
         process.wait(10)
         assert process.stdout is not None
         process.stdout.close()
+
+
+def test_synapse_call_jsonrpc_prints_a_streams_items_and_limit_unsubscribes(
+    server: Any, cli_env: dict[str, str]
+) -> None:
+    """`synapse call --jsonrpc ticks 3 0` prints the items (not the subscription reply); --limit 2 on a long
+    stream prints two and rpc.unsubscribe stops it on the server."""
+    from conftest import synapse_executable
+
+    command = [synapse_executable(), "call", "--jsonrpc", "--url", server.url]
+    done = subprocess.run([*command, "ticks", "3", "0"], capture_output=True, text=True, env=cli_env, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0\n1\n2\n", "")
+    limited = subprocess.run(
+        [*command, "ticks", "1000", "0.01", "--limit", "2"], capture_output=True, text=True, env=cli_env, timeout=30
+    )
+    assert (limited.returncode, limited.stdout, limited.stderr) == (0, "0\n1\n", "")
+    plain = subprocess.run([*command, "add_numbers", "1", "2"], capture_output=True, text=True, env=cli_env, timeout=30)
+    assert (plain.returncode, plain.stdout) == (0, "3\n")
+    failing = subprocess.run([*command, "ticks", "-1"], capture_output=True, text=True, env=cli_env, timeout=30)
+    assert failing.returncode == 1 and failing.stderr.startswith("synapse: error: ")
+    assert wait_for(lambda: sum(c.streams for c in list(server.state.connections)) == 0, 3)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # imported where used: `synapse --help` starts without asynci
     from synapse_cli.client.client import Client
     from synapse_cli.core.registry import Registry
 
-__all__ = ["call_command", "parse_call_args"]
+__all__ = ["call_command", "parse_call_args", "with_since"]
 
 
 _NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
@@ -70,6 +70,19 @@ def parse_call_args(values: list[str], data: str | None) -> list[Any] | dict[str
     return [_literal(value) for value in values]
 
 
+def with_since(args: list[Any] | dict[str, Any], since: int | None) -> list[Any] | dict[str, Any]:
+    """The arguments with ``since`` (``--since``) added by name; a usage error beside positional ones."""
+    if since is None:
+        return args
+    if isinstance(args, list):
+        if args:
+            raise UsageError("--since is passed by name: give the other arguments as name=value too")
+        return {"since": since}
+    if "since" in args:
+        raise UsageError("give since either as --since or as since=..., not both")
+    return {**args, "since": since}
+
+
 def _read_data(data: str) -> str:
     if not data.startswith("@"):
         return data
@@ -105,6 +118,10 @@ def call_command(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, metavar="N", help="Stop a stream after N items.")
     ] = None,
+    since: Annotated[
+        int | None,
+        typer.Option("--since", min=0, metavar="POSITION", help="A topic's kept items after POSITION first."),
+    ] = None,
     expose: Annotated[
         str | None,
         typer.Option(
@@ -131,7 +148,8 @@ def call_command(
         else:
             render.console().print(render.pretty_value(value))
 
-    items, result = run_coroutine(_call_once(client, func, parse_call_args(args or [], data), show, limit))
+    call_args = with_since(parse_call_args(args or [], data), since)
+    items, result = run_coroutine(_call_once(client, func, call_args, show, limit))
     if not items:
         show(result)
 

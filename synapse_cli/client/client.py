@@ -23,7 +23,7 @@ from synapse_cli.client.wire import WebSocket, open_websocket, translate_url_err
 from synapse_cli.core import encoding, protocol
 from synapse_cli.core.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError
 from synapse_cli.core.protocol import JSONRPC, NATIVE, Dialect
-from synapse_cli.core.settings import DEFAULT_TIMEOUT, DEFAULT_URL
+from synapse_cli.core.settings import DEFAULT_STREAM_QUEUE, DEFAULT_TIMEOUT, DEFAULT_URL
 
 if TYPE_CHECKING:  # imported when used: a client that exposes nothing never loads pydantic
     from synapse_cli.core.registry import Registry
@@ -71,6 +71,8 @@ class Client(ExposedFunctions):
         max_message_size: the largest reply accepted, in bytes (larger: the connection fails, 1009).
         functions: what this client exposes to the server (``ctx.call`` on the server side); more with
             :meth:`expose`. A server calling anything else gets -32601.
+        stream_queue: items a :meth:`stream` holds that its reader has not taken yet; past that the
+            client stops reading the socket until the reader catches up (TCP backpressure).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class Client(ExposedFunctions):
         backoff_cap: float = 5.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         functions: Registry | None = None,
+        stream_queue: int = DEFAULT_STREAM_QUEUE,
     ) -> None:
         if dialect not in (NATIVE, JSONRPC):
             raise ValueError(f"dialect must be 'native' or 'jsonrpc', not {dialect!r}")
@@ -110,6 +113,10 @@ class Client(ExposedFunctions):
         self._deadlines = Deadlines(self._time_out)
         self._streams: dict[int, Stream] = {}  # request id -> the stream reading its items
         self._subscriptions: dict[str, int] = {}  # JSON-RPC subscription id -> request id
+        if type(stream_queue) is not int or stream_queue < 1:
+            raise ValueError(f"stream_queue must be a number of items >= 1, not {stream_queue!r}")
+        self.stream_queue = stream_queue
+        self._held: set[Stream] = set()  # streams whose reader fell behind: the socket is not read meanwhile
         self._init_exposed(functions)  # ValueError for functions a client cannot expose
 
     async def __aenter__(self) -> Client:
@@ -199,7 +206,7 @@ class Client(ExposedFunctions):
             return call
         return asyncio.ensure_future(self._send_then_wait(request_id, data, func))
 
-    def stream(self, func: str, *args: Any, **kwargs: Any) -> Stream:
+    def stream(self, func: str, *args: Any, resume: bool = False, **kwargs: Any) -> Stream:
         """Call a stream function; iterate over its items as they arrive (SPEC §5).
 
         ::
@@ -207,13 +214,23 @@ class Client(ExposedFunctions):
             async for n in client.stream("ticks", 5):
                 print(n)
 
+            async for price in client.stream("prices", since=42, resume=True):
+                ...
+
         Leaving the loop early (``break``, an exception, cancellation) stops the stream on the server.
         After the loop, ``stream.result`` holds what the call returned (None for a stream function; a
         plain function's result, so any function can be called this way). No call timeout applies.
+
+        A topic with a history numbers its items: ``since=<position>`` (an argument of the topic's
+        function) first sends the kept items after it, ``stream.position`` is the last one received.
+        ``resume=True`` (the one keyword that is not the remote function's) reconnects after a drop,
+        with the client's backoff, and subscribes again after ``stream.position``: nothing missed,
+        nothing twice. It raises what it cannot recover from: RPCError -32006 when the history no
+        longer holds that position, ConnectError when the server cannot be reached again.
         """
         if args and kwargs:
             raise TypeError("pass arguments by position or by name, not both")
-        return Stream(self, func, kwargs if kwargs else args)
+        return Stream(self, func, kwargs if kwargs else args, max_items=self.stream_queue, resume=resume)
 
     async def _open_stream(self, stream: Stream) -> None:
         request_id = next(self._ids)
@@ -230,6 +247,9 @@ class Client(ExposedFunctions):
     def _close_stream(self, stream: Stream) -> None:
         """The caller left the loop: forget the stream, and stop it on the server if it still runs."""
         self._streams.pop(stream.request_id, None)
+        if stream.held:
+            stream.held = False
+            self._release(stream)
         if stream.subscription is not None:
             self._subscriptions.pop(stream.subscription, None)
         if stream.done or self._ws is None or not self._ws.open:
@@ -250,12 +270,16 @@ class Client(ExposedFunctions):
         stream = self._streams.get(request_id) if type(request_id) is int else None
         if stream is None:
             call = self._pending.get(request_id) if type(request_id) is int else None
-            if call is not None and call.on_item is not None and reply.kind == "item":
-                self._deadlines.discard(call)
-                call.on_item(reply.result)
+            if call is not None and call.on_item is not None:
+                if reply.kind == "item":
+                    self._deadlines.discard(call)
+                    call.on_item(reply.result)
+                elif reply.subscription is not None:  # a JSON-RPC stream's end ends its call
+                    self._subscriptions.pop(reply.subscription, None)
+                    self._settle([protocol.Reply(request_id, None, reply.error)])
             return  # else a stream we left already
         if reply.kind == "item":
-            stream.put(reply.result)
+            stream.put(reply.result, reply.position)
         else:
             stream.finish(None, reply.error)
 
@@ -355,6 +379,12 @@ class Client(ExposedFunctions):
             if call is None or call.done():
                 continue  # a late reply to a call that timed out or was cancelled
             self._deadlines.discard(call)
+            if call.on_item is not None and reply.error is None and self.dialect == JSONRPC:
+                subscription = _subscription_of(reply.result)
+                if subscription is not None:  # its items and its end will name this subscription
+                    self._pending[request_id] = call
+                    self._subscriptions[subscription] = request_id
+                    continue
             if reply.error is None:
                 call.set_result(reply.result)
             else:
@@ -392,8 +422,28 @@ class Client(ExposedFunctions):
             return
         stream.finish(result, reply.error)
 
+    def _hold(self, stream: Stream) -> None:
+        """A stream's reader fell behind: stop reading the socket (the server sees TCP push back)."""
+        self._held.add(stream)
+        self._set_reading()
+
+    def _release(self, stream: Stream) -> None:
+        """A stream's reader caught up: read again unless another one is still behind."""
+        self._held.discard(stream)
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        transport = self._ws.transport if self._ws is not None else None
+        if transport is None or transport.is_closing():
+            return
+        if self._held:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
     def _fail_pending(self, reason: str) -> None:
         self._end_exposed()
+        self._held.clear()  # a new connection is read from the start
         streams, self._streams, self._subscriptions = self._streams, {}, {}
         for stream in streams.values():
             stream.fail(ConnectionLost(reason))
@@ -416,8 +466,22 @@ class Client(ExposedFunctions):
             self._send_cancel(call.request_id)
 
     def _send_cancel(self, request_id: int) -> None:
-        if self.dialect == NATIVE and self._ws is not None and self._ws.open:
+        if self._ws is None or not self._ws.open:
+            return
+        if self.dialect == NATIVE:
             self._ws.write(encoding.encode_cancel(request_id))
+            return
+        for subscription, owner in list(self._subscriptions.items()):  # a JSON-RPC stream: unsubscribe
+            if owner == request_id and request_id not in self._streams:
+                del self._subscriptions[subscription]
+                self._ws.write(encoding.encode_call(next(self._ids), "rpc.unsubscribe", [subscription], JSONRPC))
+
+
+def _subscription_of(result: Any) -> str | None:
+    """The id in a JSON-RPC stream call's reply, ``{"subscription": id}`` (None: a plain result)."""
+    if type(result) is dict and result.keys() == {"subscription"} and type(result["subscription"]) is str:
+        return result["subscription"]
+    return None
 
 
 def _functions(result: Any) -> list[dict[str, Any]]:

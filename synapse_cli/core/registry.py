@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Final, TypeVar, overload
+from typing import Annotated, Any, Final, TypeVar, overload
 
 import orjson
-from pydantic import NonNegativeInt
+from pydantic import Field, NonNegativeInt
 
 from synapse_cli.core.context import Requires, checks_of
 from synapse_cli.core.errors import RPCError
@@ -26,6 +26,11 @@ from synapse_cli.core.topics import Topic
 __all__ = ["Function", "Registry", "error_from_exception"]
 
 logger = logging.getLogger("synapse.calls")
+# The parameter of a topic with a history (its schema's description is what /docs shows beside the field).
+Since = Annotated[
+    NonNegativeInt | None,
+    Field(description="The position of the last item received: the kept items after it come first (none: from now)."),
+]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -86,7 +91,7 @@ class Registry:
         topic = Topic(name, history=history, ttl=ttl)  # ValueError for a history or ttl that cannot be
         if history:
 
-            async def subscribe(since: NonNegativeInt | None = None) -> AsyncIterator[Any]:
+            async def subscribe(since: Since = None) -> AsyncIterator[Any]:
                 async for value in topic.items(since):
                     yield value
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "DEFAULT_STREAM_QUEUE",
     "DEFAULT_SUBSCRIBER_QUEUE",
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
@@ -29,6 +30,7 @@ DEFAULT_TIMEOUT = 10.0  # seconds a client waits for the connection and for each
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("human", "json")
 DEFAULT_SUBSCRIBER_QUEUE = 1000  # items a topic subscriber may fall behind before it is ended (-32004)
+DEFAULT_STREAM_QUEUE = 1000  # items a client's stream holds for its reader before the client stops reading
 
 
 @dataclass(frozen=True, slots=True)
