@@ -19,6 +19,7 @@ Nothing a server sends can make the client wait or grow without bound:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import os
 import re
@@ -52,6 +53,7 @@ MAX_HEAD_BYTES = 64 * 1024  # the handshake response's head (status line + heade
 HIGH_WATER = 2**16  # bytes waiting in the socket's buffer past which writers wait (and pongs are dropped)
 
 _OPEN = State.OPEN
+_UTF8Decoder = codecs.getincrementaldecoder("utf-8")  # strict: refuses what can never be UTF-8 as soon as it arrives
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ?([^\r\n]*)")
 _CLOSE_MEANINGS = {
     1000: "normal closure",
@@ -125,7 +127,7 @@ class WebSocket(asyncio.Protocol):
         self._queued_pongs = 0  # bytes of pongs waiting for the next flush
         self._writable: asyncio.Future[None] | None = None  # set while the server does not read
         self._fragments: bytearray | None = None
-        self._fragments_text = True
+        self._utf8: codecs.IncrementalDecoder | None = None  # checks a fragmented text message as it arrives
         self._close_timer: asyncio.TimerHandle | None = None
         self._masks = b""  # random bytes the next masking keys are taken from
         self._mask_offset = 0
@@ -256,10 +258,10 @@ class WebSocket(asyncio.Protocol):
             elif opcode != OP_PONG:
                 self._to_websockets(frame.raw, opcode == OP_CLOSE)
 
-    def _message(self, payload: bytes, text: bool = True) -> None:
+    def _message(self, payload: bytes, check_utf8: bool = True) -> None:
         if self.on_text(payload):
             return
-        if text:
+        if check_utf8:  # only for what on_text refused: its JSON decoder checks UTF-8 itself
             try:
                 payload.decode()
             except UnicodeDecodeError:
@@ -286,7 +288,7 @@ class WebSocket(asyncio.Protocol):
             opcode = getattr(event, "opcode", None)
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
                 if opcode is not Opcode.CONT:
-                    self._fragments, self._fragments_text = bytearray(), opcode is Opcode.TEXT
+                    self._fragments, self._utf8 = bytearray(), _UTF8Decoder() if opcode is Opcode.TEXT else None
                 self._assemble(bytes(event.data), event.fin)  # type: ignore[union-attr]
         self._take_output()
         if ws.state is not _OPEN:
@@ -299,13 +301,20 @@ class WebSocket(asyncio.Protocol):
                 self._stop(f"connection lost: {detail}")
 
     def _assemble(self, data: bytes, fin: bool) -> None:
-        """A message in fragments (its size bounded by websockets' ``max_size``), handed on whole."""
+        """A message in fragments (its size bounded by websockets' ``max_size``), handed on whole; a text
+        message fails the connection at the first fragment that cannot be UTF-8, as websockets' own do."""
         fragments = self._fragments
         assert fragments is not None  # websockets refuses a continuation with no message started
         fragments += data
+        if self._utf8 is not None:
+            try:
+                self._utf8.decode(data, fin)
+            except UnicodeDecodeError:
+                self.fail(1007, "invalid UTF-8 in a text message")
+                return
         if fin:
             self._fragments = None
-            self._message(bytes(fragments), self._fragments_text)
+            self._message(bytes(fragments), check_utf8=False)  # checked: binary, or text decoded as it came
 
     # -- frames out ----------------------------------------------------------------------------------
 
