@@ -15,10 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, RunningServer, running_server, synapse_executable, wait_for
+from conftest import APPS, RunningServer, running_server, serve_process, synapse_executable, wait_for
 from test_streams import free_port, redis_server
 from websockets.sync.client import connect
 
@@ -263,3 +264,63 @@ def test_synapse_call_since_prints_the_kept_items_and_a_lost_history_is_one_erro
         mixed = subprocess.run([*command, "1", "--since", "3"], capture_output=True, text=True, env=cli_env, timeout=30)
         assert mixed.returncode == 2
         assert mixed.stderr.strip().endswith("--since is passed by name: give the other arguments as name=value too")
+
+
+@contextlib.contextmanager
+def plain_asgi_server() -> Iterator[str]:
+    """The plain ASGI app (create_app: what a mounted app or another ASGI server runs) under uvicorn's own
+    WebSocket protocol, in a thread on a socket bound here; its /ws URL."""
+    import threading
+
+    import uvicorn
+
+    from synapse_cli.server.app import bind_socket, create_app
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(_build()), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started, 10)
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ws"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+async def test_the_plain_asgi_endpoint_replays_and_streams_a_topic_in_order() -> None:
+    """Through the plain ASGI endpoint (items written one message each, 16 at a time before it drains):
+    since=0 after 2,000 publishes gives all 2,000 in order with their positions, then a live one."""
+    with plain_asgi_server() as url:
+        async with Client(url) as client:
+            assert await client.call("publish_range", 0, 2000) == 2000
+            stream = client.stream("counter", since=0)
+            got = [await stream.__anext__() for _ in range(2000)]
+            assert got == list(range(2000)) and stream.position == 2000
+            assert await client.call("publish_range", 2000, 2001) == 2001
+            assert (await stream.__anext__(), stream.position) == (2000, 2001)
+            await stream.aclose()
+
+
+def test_the_documented_wire_exchange_of_a_topic_with_history_is_what_the_server_says(tmp_path: Path) -> None:
+    """docs/streams.md: prices.py served as written; after one publish, each `-->` line sent gets the `<--` lines
+    shown (those after one request compared as a set: subscribers are written to in no fixed order)."""
+    from test_examples import doc_blocks
+
+    (source,) = [block for block in doc_blocks("python") if block.startswith("# prices.py")]
+    (tmp_path / "prices.py").write_text(source)
+    (exchange,) = [block for block in doc_blocks("") if block.startswith('--> {"id": 2, "func": "prices"')]
+    steps: list[tuple[str, list[Any]]] = []
+    for line in exchange.splitlines():
+        if line.startswith("--> "):
+            steps.append((line[4:], []))
+        else:
+            steps[-1][1].append(json.loads(line.removeprefix("<-- ")))
+    with serve_process(app=str(tmp_path / "prices.py")) as server, connect(server.url) as ws:
+        ws.send('{"id": 1, "func": "set_price", "args": ["ACME", 101.5]}')
+        assert json.loads(ws.recv(timeout=5)) == {"id": 1, "result": 0, "error": None}
+        for request, replies in steps:
+            ws.send(request)
+            got = [json.loads(ws.recv(timeout=5)) for _ in replies]
+            assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, replies)), request
