@@ -131,6 +131,24 @@ def test_a_required_parameter_after_an_optional_one() -> None:
     assert "  f(a: number | undefined, b: string): Promise<unknown> {\n" in typescript_stub(doc)
 
 
+def test_a_stream_with_a_parameter_named_like_client_streams_own_goes_by_position(tmp_path: Path) -> None:
+    """``func`` and ``resume`` are Client.stream's own keywords: such a stream's arguments go by position, trailing
+    ones left out may be omitted, a gap before a given one is a TypeError naming the rule."""
+    doc = document({**method("s", {"resume": {"type": "boolean"}, "n": {"type": "integer"}}, {}), "x-stream": True})
+    text = python_stub(doc)
+    assert '        stream = self.client.stream("s", *_leading([resume, n]))\n' in text
+    (tmp_path / "positional_stub.py").write_text(text)
+    check = (
+        "import positional_stub as s\n"
+        "print(s._leading([1, s._OMIT]), s._leading([s._OMIT]))\n"
+        "try:\n    s._leading([s._OMIT, 2])\nexcept TypeError as exc:\n    print(exc)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stderr) == (0, "")
+    rule = "this stream takes its arguments by position: give every one before the last you give"
+    assert ran.stdout == f"[1] []\n{rule}\n"
+
+
 HOSTILE = 'x"""\n\nimport os; os.system("echo pwned") #*/ console.log("pwned"); /*\r\u2028\x00'
 
 
