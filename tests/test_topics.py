@@ -207,3 +207,53 @@ async def test_a_typed_topic_encodes_its_values_as_declared() -> None:
     await topic.publish({3})
     assert sink.got == [b"[3]"]
     assert registry.describe()[0]["result"] == {"items": {"type": "integer"}, "type": "array", "uniqueItems": True}
+
+
+class ReplayBroker:
+    """A broker whose history is further on than what has reached this process yet."""
+
+    def __init__(self, entries: list[tuple[int, bytes]]) -> None:
+        self.entries = entries
+
+    async def ready(self) -> None:
+        return None
+
+    async def publish(self, topic: Topic, body: bytes) -> int:
+        raise AssertionError("not published here")
+
+    async def replay(self, topic: Topic, since: int) -> list[tuple[int, bytes]]:
+        return [entry for entry in self.entries if entry[0] > since]
+
+
+async def test_a_broker_replay_ahead_of_this_process_sends_nothing_twice() -> None:
+    """Redis replays up to position 3 while only 1 has reached this process: 2 and 3, when they arrive
+    here, are not sent again; 4 is the next item."""
+    topic = Topic("t", history=10)
+    topic.broker = ReplayBroker([(1, b"1"), (2, b"2"), (3, b"3")])
+    topic.deliver(b"1", 1)
+    sink = ListSink()
+    await topic.subscribe(sink, since=0)
+    for position in (2, 3, 4):
+        topic.deliver(b"%d" % position, position)
+    assert sink.got == [b'1,"position":1', b'2,"position":2', b'3,"position":3', b'4,"position":4']
+    topic.deliver(b"5", 5)
+    assert sink.got[-1] == b'5,"position":5' and len(topic.live) == 1
+
+
+async def test_a_broker_replay_behind_this_process_goes_on_from_what_arrived_here() -> None:
+    """Redis replays up to 2 while 3 and 4 reached this process during the replay: 1..4 in order, once each."""
+    topic = Topic("t", history=10)
+    broker = ReplayBroker([(1, b"1"), (2, b"2")])
+    topic.broker = broker
+    topic.deliver(b"2", 2)
+    sink = ListSink()
+    replay = broker.replay
+
+    async def slow_replay(topic_: Topic, since: int) -> list[tuple[int, bytes]]:
+        topic.deliver(b"3", 3)  # arrives while the replay is on its way
+        topic.deliver(b"4", 4)
+        return await replay(topic_, since)
+
+    broker.replay = slow_replay  # type: ignore[method-assign]
+    await topic.subscribe(sink, since=0)
+    assert sink.got == [b'1,"position":1', b'2,"position":2', b'3,"position":3', b'4,"position":4']

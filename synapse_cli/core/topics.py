@@ -82,7 +82,7 @@ class Sink(Protocol):
 class Subscriber:
     """One subscription: its sink, its place when behind, and how it ended (``ended`` is done, ``error`` set)."""
 
-    __slots__ = ("topic", "sink", "cursor", "backlog", "error", "ended", "replaying")
+    __slots__ = ("topic", "sink", "cursor", "backlog", "error", "ended", "replaying", "stalled")
 
     def __init__(self, topic: Topic, sink: Sink) -> None:
         self.topic = topic
@@ -92,6 +92,7 @@ class Subscriber:
         self.error: RPCError | None = None
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.replaying = False  # a broker's replay is on its way: hold on to the items, send nothing yet
+        self.stalled = False  # behind and waiting for its sink's ``when_writable`` callback
 
     def fail(self, error: RPCError) -> None:
         """End this subscription with ``error`` (what it has not received yet is dropped)."""
@@ -103,6 +104,7 @@ class Subscriber:
 
     def resume(self) -> None:
         """The connection can take more: catch up (the sink's ``when_writable`` callback)."""
+        self.stalled = False
         self.topic.catch_up(self)
 
 
@@ -202,6 +204,7 @@ class Topic:
         self.live.discard(subscriber)
         self.behind.add(subscriber)
         subscriber.cursor = cursor
+        subscriber.stalled = True
         subscriber.sink.when_writable(subscriber.resume)
 
     def _check_behind(self, position: int) -> int:
@@ -213,8 +216,10 @@ class Topic:
             if waiting > limit:
                 self.too_slow += 1
                 subscriber.fail(self._too_slow())
-            else:
-                within += 1
+                continue
+            within += 1
+            if subscriber.cursor == position and not subscriber.stalled:  # it waited for this item to arrive here
+                self.catch_up(subscriber)
         return within
 
     def _too_slow(self) -> RPCError:
@@ -323,10 +328,13 @@ class Topic:
         backlog = subscriber.backlog
         while backlog:
             if not sink.offer(backlog[0].payload):
+                subscriber.stalled = True
                 sink.when_writable(subscriber.resume)
                 return
             backlog.popleft()
         subscriber.backlog = None
+        if subscriber.cursor > self.position + 1:
+            return  # a broker's replay ran ahead of what reached this process: its next items come here first
         kept = self.kept
         start = kept[0].position if kept else self.position + 1
         if subscriber.cursor < start:
@@ -337,6 +345,7 @@ class Topic:
             item = kept[index]
             if not sink.offer(item.payload):
                 subscriber.cursor = item.position
+                subscriber.stalled = True
                 sink.when_writable(subscriber.resume)
                 return
         self.behind.discard(subscriber)
