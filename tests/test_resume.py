@@ -266,6 +266,13 @@ def test_synapse_call_since_prints_the_kept_items_and_a_lost_history_is_one_erro
         assert mixed.stderr.strip().endswith("--since is passed by name: give the other arguments as name=value too")
 
 
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()  # type: ignore[no-any-return]
+
+
 @contextlib.contextmanager
 def plain_asgi_server() -> Iterator[str]:
     """The plain ASGI app (create_app: what a mounted app or another ASGI server runs) under uvicorn's own
@@ -291,7 +298,8 @@ def plain_asgi_server() -> Iterator[str]:
 
 async def test_the_plain_asgi_endpoint_replays_and_streams_a_topic_in_order() -> None:
     """Through the plain ASGI endpoint (items written one message each, 16 at a time before it drains):
-    since=0 after 2,000 publishes gives all 2,000 in order with their positions, then a live one."""
+    since=0 after 2,000 publishes gives all 2,000 in order with their positions, then a live one; /metrics
+    counts the 2,001 items."""
     with plain_asgi_server() as url:
         async with Client(url) as client:
             assert await client.call("publish_range", 0, 2000) == 2000
@@ -301,6 +309,8 @@ async def test_the_plain_asgi_endpoint_replays_and_streams_a_topic_in_order() ->
             assert await client.call("publish_range", 2000, 2001) == 2001
             assert (await stream.__anext__(), stream.position) == (2000, 2001)
             await stream.aclose()
+        metrics = await asyncio.to_thread(_get, url.replace("ws://", "http://").replace("/ws", "/metrics"))
+        assert "synapse_stream_items_total 2001.0" in metrics.splitlines()  # counted as ours are
 
 
 def test_the_documented_wire_exchange_of_a_topic_with_history_is_what_the_server_says(tmp_path: Path) -> None:

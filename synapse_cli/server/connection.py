@@ -216,7 +216,7 @@ class Connection:
         assert topic is not None
         prefix, suffix = self.session.item_framing(start.key)
         link = self.link
-        sink: Sink = DrainSink(link, prefix, suffix)
+        sink: Sink = DrainSink(link, prefix, suffix, self.metrics)
         if isinstance(link, ItemLink):  # ours: the shared payload is written as it is, at once
             sink = LinkSink(link, prefix, suffix, self.metrics)
         subscriber = await topic.subscribe(sink, topic.since_of(start.args, start.kwargs))

@@ -77,12 +77,13 @@ class DrainSink:
     """The sink over a link that is not an :class:`ItemLink` (a mounted ASGI app's): one message per
     item, and no more items while the link drains what it was given."""
 
-    __slots__ = ("link", "prefix", "suffix", "_pending", "_draining", "_callbacks")
+    __slots__ = ("link", "prefix", "suffix", "metrics", "_pending", "_draining", "_callbacks")
 
-    def __init__(self, link: PlainLink, prefix: bytes, suffix: bytes) -> None:
+    def __init__(self, link: PlainLink, prefix: bytes, suffix: bytes, metrics: Metrics | None = None) -> None:
         self.link = link
         self.prefix = prefix
         self.suffix = suffix
+        self.metrics = metrics
         self._pending = 0  # items written since the link last said it drained
         self._draining: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[], None]] = []
@@ -90,8 +91,12 @@ class DrainSink:
     def offer(self, payload: bytes) -> bool:
         if self._pending >= DRAIN_EVERY:
             return False
-        self.link.write(self.prefix + payload + self.suffix)
+        data = self.prefix + payload + self.suffix
+        self.link.write(data)
         self._pending += 1
+        if self.metrics is not None:  # as LinkSink counts
+            self.metrics.items_out += 1
+            self.metrics.sent(len(data))
         if self._draining is None:
             self._draining = asyncio.get_running_loop().create_task(self._drain())
         return True
