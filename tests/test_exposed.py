@@ -291,3 +291,12 @@ def test_the_both_ways_example_runs_as_its_docstring_says(tmp_path: Path) -> Non
             1,
             "Delete everything? [y/N] synapse: error: not confirmed (code 4090)\n",
         )
+
+
+async def test_calls_waiting_on_the_client_do_not_stop_the_server_reading_its_answers() -> None:
+    """With every slot taken by calls waiting on ctx.call (and as many held), the server still reads the answers."""
+    record = Record()
+    with running_server(app.registry, max_inflight=2) as small:
+        async with Client(small.url, functions=exposed_registry(record)) as connected:
+            results = await asyncio.wait_for(asyncio.gather(*(ask(connected, "echo", n) for n in range(4))), 10)
+    assert results == [{"result": n} for n in range(4)]

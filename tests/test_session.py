@@ -359,3 +359,23 @@ def test_an_item_json_cannot_carry_stops_the_stream_with_32603() -> None:
     assert sess.item(key, float("nan")) == [Stop(key)]
     error = {"code": -32603, "message": "item not serializable"}
     assert replies(sess.finish(key, error=asyncio.CancelledError())) == [{"id": 1, "result": None, "error": error}]
+
+
+def test_reading_goes_on_while_calls_wait_on_the_peer_and_refuses_past_twice_the_limit() -> None:
+    """A call waiting on the peer's answer keeps the session reading; one held call more is taken, the next
+    is refused with -32008; once the answer came, a full session is saturated again."""
+    s = session(max_inflight=1)
+    [start] = s.receive('{"id": 1, "func": "wait", "args": [1]}')
+    assert s.saturated
+    key, _ = s.send_call("echo", [1], "native")
+    assert not s.saturated
+    assert s.receive('{"id": 2, "func": "wait", "args": [1]}') == []  # held
+    [refused] = replies(s.receive('{"id": 3, "func": "wait", "args": [1]}'))
+    assert refused["error"] == {
+        "code": -32008,
+        "message": "too many calls: 2 in flight while this server waits on 1 of its answers",
+    }
+    assert s.receive('{"id": "s:1", "result": 1, "error": null}') == [Answered(key, 1)]
+    assert s.saturated
+    [reply, held] = s.finish(start.key, 1)
+    assert type(reply) is Reply and type(held) is Start and held.args == (1,)

@@ -31,6 +31,7 @@ __all__ = [
     "JSONRPC",
     "LIST",
     "MAX_DEPTH",
+    "OVERLOADED",
     "METHOD_NOT_FOUND",
     "NATIVE",
     "PARSE_ERROR",
@@ -67,6 +68,7 @@ SUBSCRIBER_TOO_SLOW: Final = -32004
 BROKER_UNAVAILABLE: Final = -32005
 HISTORY_LOST: Final = -32006  # a topic subscription's since= is older than the history the topic keeps
 FORBIDDEN: Final = -32007  # a check of the call's context refused it (Registry(requires=...))
+OVERLOADED: Final = -32008  # calls past 2 x max_inflight while the server waits on the peer (ctx.call)
 
 CALL: Final = "call"
 LIST: Final = "list"

@@ -158,8 +158,12 @@ class Session:
 
     @property
     def saturated(self) -> bool:
-        """True while calls wait for a slot: the driver should stop reading until one frees."""
-        return bool(self.held) or self.running >= self.max_inflight
+        """True while calls wait for a slot: the driver should stop reading until one frees.
+
+        Never while calls wait on the peer's answers (``ctx.call``): those answers must be read. Calls
+        read meanwhile are held up to ``max_inflight`` more; past that they are refused with -32008.
+        """
+        return (bool(self.held) or self.running >= self.max_inflight) and not self.outgoing.waiting
 
     # -- input -------------------------------------------------------------------------------------
 
@@ -299,6 +303,9 @@ class Session:
                 return _error(item, error)
         if function.inline and not function.is_async and guard is None:
             return self._run_inline(item, function, args, kwargs, start)
+        if self.held and len(self.held) >= self.max_inflight and self.outgoing.waiting:
+            self._observe(function.name, str(protocol.OVERLOADED), start, item.id)  # see ``saturated``
+            return _error(item, self._overloaded())
         call = _Call(item, function, args, kwargs, start, batch=batch, slot=slot, guard=guard)
         reply = None
         if function.stream:
@@ -317,6 +324,11 @@ class Session:
         else:
             self.held.append(key)
         return reply
+
+    def _overloaded(self) -> ErrorInfo:
+        waiting = len(self.outgoing.waiting)
+        message = f"too many calls: {len(self.calls)} in flight while this server waits on {waiting} of its answers"
+        return ErrorInfo(protocol.OVERLOADED, message)
 
     def _with_context(
         self, item: Request, function: Function, args: tuple[Any, ...], kwargs: dict[str, Any]
