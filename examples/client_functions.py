@@ -27,7 +27,8 @@ def confirm(question: str) -> bool:
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
-@registry.function
+@registry.function(inline=True)
 def tick(left: int) -> None:
-    """A notification from the server (``ctx.notify("tick", ...)``): shown on stderr."""
+    """A notification from the server (``ctx.notify("tick", ...)``): shown on stderr. Inline: run as it
+    arrives, in order and before the call's result (a plain sync function runs in a thread: several may overlap)."""
     sys.stderr.write(f"{left}...\n")

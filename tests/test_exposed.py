@@ -86,9 +86,9 @@ def exposed_registry(record: Record) -> Registry:
             record.cancelled.set()
             raise
 
-    @registry.function
+    @registry.function(inline=True)
     def progress(step: int, of: int) -> None:
-        """Called by the server's notifications."""
+        """Called by the server's notifications (inline: in order, before the call's reply is read)."""
         record.seen.append((step, of))
 
     return registry
