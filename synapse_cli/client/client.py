@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from synapse_cli.client.calls import Call, Deadlines, new_call, time_limit
 from synapse_cli.client.exposed import ExposedFunctions
 from synapse_cli.client.foreign import mapped, tls_context
+from synapse_cli.client.listing import functions_of_list, functions_of_openrpc
 from synapse_cli.client.stream import Stream
 from synapse_cli.client.wire import WebSocket, open_websocket, translate_url_error
 from synapse_cli.core import encoding, protocol
-from synapse_cli.core.errors import CallTimeout, ConnectError, ConnectionLost, InvalidReply, RPCError
+from synapse_cli.core.errors import CallTimeout, ConnectError, ConnectionLost, RPCError
 from synapse_cli.core.protocol import JSONRPC, NATIVE, Dialect
 from synapse_cli.core.settings import DEFAULT_STREAM_QUEUE, DEFAULT_TIMEOUT, DEFAULT_URL
 
@@ -295,8 +296,8 @@ class Client(ExposedFunctions):
             request_id = next(self._ids)
             data = encoding.encode_list(request_id)
             call = self._send_now(request_id, data, "list") or await self._send(request_id, data, "list")
-            return _functions(await call)
-        return _functions_from_openrpc(await self.request("rpc.discover", []))
+            return functions_of_list(await call)
+        return functions_of_openrpc(await self.request("rpc.discover", []))
 
     def _new_call(self, loop: asyncio.AbstractEventLoop, request_id: int, what: str) -> Call:
         call = new_call(loop, request_id, what, self._limit, self._forget)
@@ -482,45 +483,3 @@ def _subscription_of(result: Any) -> str | None:
     if type(result) is dict and result.keys() == {"subscription"} and type(result["subscription"]) is str:
         return result["subscription"]
     return None
-
-
-def _functions(result: Any) -> list[dict[str, Any]]:
-    """The ``list`` result's functions, checked: ``InvalidReply`` unless each has the documented shape."""
-    functions = result.get("functions") if type(result) is dict else None
-    if type(functions) is not list:
-        raise InvalidReply('the server\'s list result is not {"functions": [...]}')
-    for function in functions:
-        if not (
-            type(function) is dict
-            and type(function.get("name")) is str
-            and type(function.get("description", "")) is str
-            and type(function.get("params", {})) is dict
-            and type(function.get("result", {})) is dict
-        ):
-            raise InvalidReply(f"the server's list result has a malformed function: {function!r:.200}")
-    return functions
-
-
-def _functions_from_openrpc(document: Any) -> list[dict[str, Any]]:
-    """``rpc.discover``'s OpenRPC document as ``list`` entries; ``InvalidReply`` when it is malformed."""
-    methods = document.get("methods") if type(document) is dict else None
-    if type(methods) is not list:
-        raise InvalidReply("the server's rpc.discover result has no list of methods")
-    try:
-        return _functions({"functions": [_from_openrpc(method) for method in methods]})
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise InvalidReply(f"the server's rpc.discover result has a malformed method: {exc}") from None
-
-
-def _from_openrpc(method: dict[str, Any]) -> dict[str, Any]:
-    params = method.get("params", [])
-    schema = {
-        "type": "object",
-        "properties": {p["name"]: p.get("schema", {}) for p in params},
-        "required": [p["name"] for p in params if p.get("required")],
-    }
-    result = method.get("result", {}).get("schema", {})
-    entry = {"name": method["name"], "description": method.get("description", ""), "params": schema, "result": result}
-    if method.get("x-stream") is True:
-        entry["stream"] = True
-    return entry

@@ -34,6 +34,7 @@ from websockets.typing import Subprotocol
 from synapse_cli.core.frames import OP_CLOSE, OP_TEXT, Frame, FrameError, FrameReader, text_header
 from synapse_cli.server.app import SUBPROTOCOL
 from synapse_cli.server.connection import CLOSE_GRACE, Connection
+from synapse_cli.server.item_output import FLUSH_AT, ItemOutput
 from synapse_cli.server.logs import SafeLogFilter
 
 if TYPE_CHECKING:
@@ -62,16 +63,14 @@ MAX_FRAGMENTS = 1024  # frames one fragmented message may take, empty ones inclu
 _OPEN = State.OPEN
 _TURN_FRAMES = 16  # frames of one read a connection handles before the other connections get a turn
 _PARSE_BYTES = 2048  # bytes of one read split into frames at once (the rest waits for those turns)
-_FLUSH_AT = 16 * 1024  # bytes of replies or stream items held for one write before they leave anyway
 _numbers = itertools.count(1)
 _UTF8Decoder = codecs.getincrementaldecoder("utf-8")  # strict: refuses what can never be UTF-8 as soon as it arrives
 
 
-class _WebSocket:
+class _WebSocket(ItemOutput):
     """One WebSocket connection under uvicorn: handshake, frames, flow control, close, drain."""
 
     state: ServerState  # set on the class :func:`websocket_protocol` makes
-    _dirty: list[_WebSocket]  # on that class too: connections with topic items to flush this iteration
 
     def __init__(
         self,
@@ -383,51 +382,6 @@ class _WebSocket:
             self._flush_soon = True
             self.loop.call_soon(self._end_turn)
 
-    @property
-    def writable(self) -> bool:
-        """True while the peer reads what we write, or the connection is closing (writes are dropped)."""
-        return self._writable or self._closing
-
-    def write_item(self, prefix: bytes, payload: bytes, suffix: bytes) -> None:
-        """One text message in three parts (a topic's shared payload between this call's framing)."""
-        if self.ws.state is not _OPEN or self._closing:
-            return
-        out = self._out
-        size = len(prefix) + len(payload) + len(suffix)
-        out.append(text_header(size))
-        out.append(prefix)
-        out.append(payload)
-        out.append(suffix)
-        self._out_size += size
-        if self._out_size >= _FLUSH_AT:
-            self._flush()  # the transport may pause writing now: the next item waits for it
-        elif not self._flush_soon:
-            self._flush_soon = True
-            dirty = self._dirty  # one callback for every connection a publish wrote to, not one each
-            if not dirty:
-                self.loop.call_soon(_end_turns, dirty)
-            dirty.append(self)
-
-    def when_writable(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the peer reads again (never once closing: the subscription ends with it)."""
-        if self._closing:
-            return
-        if self._writable_callbacks is None:
-            self._writable_callbacks = []
-        self._writable_callbacks.append(callback)
-
-    async def drained(self) -> None:
-        """Return once the transport takes more: a stream sends its next item only then (backpressure)."""
-        if self._out_size >= _FLUSH_AT:
-            self._flush()
-        if self._writable or self._closing:
-            return
-        waiter = self.loop.create_future()
-        if self._drain_waiters is None:
-            self._drain_waiters = []
-        self._drain_waiters.append(waiter)
-        await waiter
-
     def update_reading(self, saturated: bool) -> None:
         """Stop reading while calls wait for a slot (the Link of our :class:`Connection`)."""
         if self._held is not None and self.connection is not None and not self.connection.session.calls:
@@ -458,9 +412,9 @@ class _WebSocket:
 
     def _end_turn(self) -> None:
         """Write what this turn (or loop iteration) answered; while input of the same read still waits
-        for its next turn, hold up to ``_FLUSH_AT`` bytes so that a pipelining peer's replies leave in
+        for its next turn, hold up to ``FLUSH_AT`` bytes so that a pipelining peer's replies leave in
         a few large writes, not one per turn."""
-        if (self._waiting is None and self._unparsed is None) or self._out_size >= _FLUSH_AT or self._closing:
+        if (self._waiting is None and self._unparsed is None) or self._out_size >= FLUSH_AT or self._closing:
             self._flush()
         else:
             self._flush_soon = False
@@ -523,14 +477,6 @@ class _WebSocket:
         if self._ping == ping and self.ws.state is _OPEN:
             self._fail(1011, "keepalive ping timeout")
             self._flush()
-
-
-def _end_turns(connections: list[_WebSocket]) -> None:
-    """The end of the loop iteration for every connection a topic's items were written to."""
-    batch = connections[:]
-    connections.clear()
-    for connection in batch:
-        connection._end_turn()
 
 
 def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
