@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import json
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -300,3 +303,82 @@ async def test_calls_waiting_on_the_client_do_not_stop_the_server_reading_its_an
         async with Client(small.url, functions=exposed_registry(record)) as connected:
             results = await asyncio.wait_for(asyncio.gather(*(ask(connected, "echo", n) for n in range(4))), 10)
     assert results == [{"result": n} for n in range(4)]
+
+
+# -- the docs' examples, run as written ---------------------------------------------------------------
+
+ROOT = Path(__file__).parent.parent
+DOCS_URL = "ws://127.0.0.1:8003/ws"
+
+
+def docs_section(page: str, heading: str) -> str:
+    """The text of ``docs/page`` from ``heading`` to the next heading of its level."""
+    text = (ROOT / "docs" / page).read_text()
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end >= 0 else len(text)]
+
+
+def fenced(section: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+
+
+def test_the_documented_call_context_session_runs_as_shown(tmp_path: Path) -> None:
+    """docs/serving.md's console session (token file, refusal, --expose, notifications, a confirmation)
+    prints exactly what it shows, stderr and stdout in the order they come."""
+    [block] = [b for b in fenced(docs_section("serving.md", "## Who calls"), "console") if "both_ways" in b]
+    lines = block.splitlines()
+    printf, serve = shlex.split(lines[0][2:]), shlex.split(lines[1][2:])
+    assert (
+        printf[0] == "printf"
+        and printf[2:] == [">", "tokens.csv"]
+        and serve[:3] == ["synapse", "serve", "examples/both_ways.py"]
+    )
+    (tmp_path / "tokens.csv").write_text(printf[1].encode().decode("unicode_escape"))
+    options = [str(tmp_path / "tokens.csv") if word == "tokens.csv" else word for word in serve[3:]]
+    options[options.index("--port") + 1] = "0"
+    calls = [(i, line) for i, line in enumerate(lines) if line.startswith("$ ") and "synapse call" in line]
+    assert len(calls) == 5
+    with serve_process(*options[2:], app=str(ROOT / serve[2])) as server:
+        for index, line in calls:
+            shown = "\n".join(itertools.takewhile(lambda text: not text.startswith("$ "), lines[index + 1 :]))
+            stdin, _, command = line[2:].rpartition("| ")
+            words = [server.url if word == DOCS_URL else word for word in shlex.split(command)]
+            feed = shlex.split(stdin)[1] + "\n" if stdin else ""
+            done = subprocess.run(
+                [synapse_executable(), *words[1:]], input=feed, capture_output=True, text=True, env=clean_env(),
+                cwd=ROOT, timeout=60,
+            )  # fmt: skip
+            assert done.stderr + done.stdout == shown + "\n", line
+            assert done.returncode == (1 if "synapse: error:" in shown else 0), line
+
+
+def test_the_documented_python_client_exposing_functions_prints_what_it_says(tmp_path: Path) -> None:
+    """docs/python-client.md's example: the server calls the client's echo and its inline tick."""
+    [source] = fenced(docs_section("python-client.md", "## Functions the server calls"), "python")
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text("tok-admin,admin\n")
+    with serve_process("--token-file", str(tokens), app=str(ROOT / "examples" / "both_ways.py")) as server:
+        script = tmp_path / "client.py"
+        script.write_text(source.replace(DOCS_URL, server.url))
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=clean_env(), timeout=60
+        )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "7\n2...\n1...\nliftoff\n", "")
+
+
+def test_the_protocol_pages_both_ways_exchange_is_what_goes_over_the_wire() -> None:
+    """docs/protocol.md's exchange, sent as shown to examples/both_ways.py, gets exactly the frames shown."""
+    from websockets.sync.client import connect
+
+    from synapse_cli.server.runner import load_registry
+
+    [block] = fenced(docs_section("protocol.md", "## Both ways"), "")
+    registry = load_registry(str(ROOT / "examples" / "both_ways.py"))
+    with running_server(registry) as server, connect(server.url, proxy=None, open_timeout=5) as ws:
+        for line in block.splitlines():
+            direction, message = line.split(" ", 1)
+            if direction == "-->":
+                ws.send(message)
+            else:
+                assert json.loads(ws.recv(timeout=5)) == json.loads(message), line
