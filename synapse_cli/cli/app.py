@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # imported where used: `synapse --help` starts without asynci
 __all__ = [
     "DEFAULTS",
     "ExitStatus",
+    "check_writable",
     "UsageError",
     "app",
     "describe",
@@ -122,6 +123,21 @@ def make_client(
 def wants_json(json_output: bool) -> bool:
     """Compact JSON on stdout: asked for, or stdout is not a terminal (SPEC §4)."""
     return json_output or not sys.stdout.isatty()
+
+
+def check_writable(paths: list[Path | None]) -> None:
+    """ValueError, before any work, for an output file that cannot be written (None is skipped)."""
+    for path in paths:
+        if path is None:
+            continue
+        existed = path.exists()
+        try:
+            with open(path, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if not existed:
+            path.unlink()
 
 
 # -- running and failing -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from synapse_cli.cli.app import (
     TokenOption,
     UsageError,
     app,
+    check_writable,
     describe,
     fail,
     run_coroutine,
@@ -145,7 +146,7 @@ def bench_run(
     )  # fmt: skip
     try:
         checked = bench_options.check(options, parse_call_args)
-        _check_writable([output, html, hdr_log])
+        check_writable([output, html, hdr_log])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     config = BenchConfig(
@@ -214,21 +215,6 @@ def _bench_topic(config: Any, json_output: bool) -> int:
     for warning in bench_topic.topic_warnings(report):
         sys.stderr.write(f"synapse: warning: {warning}\n")
     return ExitStatus.ERROR if bench_topic.topic_failed(report) else ExitStatus.OK
-
-
-def _check_writable(paths: list[Path | None]) -> None:
-    """Refuse, before a run, an output file that cannot be written (the run would be lost)."""
-    for path in paths:
-        if path is None:
-            continue
-        existed = path.exists()
-        try:
-            with open(path, "a", encoding="utf-8"):
-                pass
-        except OSError as exc:
-            raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
-        if not existed:
-            path.unlink()
 
 
 def _bench_status(report: Any, rules: Any, written: bool) -> int:
@@ -404,7 +390,7 @@ def bench_merge(
     from synapse_cli.bench.report import merge_reports
 
     try:
-        _check_writable([output, html, hdr_log])
+        check_writable([output, html, hdr_log])
         merged, warnings = merge_reports(_load_reports(reports))
     except ValueError as exc:
         raise UsageError(str(exc)) from None

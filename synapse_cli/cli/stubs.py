@@ -17,6 +17,7 @@ from synapse_cli.cli.app import (
     UrlOption,
     UsageError,
     app,
+    check_writable,
     fail,
     make_client,
     run_coroutine,
@@ -75,17 +76,10 @@ def _check_outputs(paths: list[Path]) -> None:
         raise UsageError("say what to write: --python FILE and/or --typescript FILE")
     if paths.count(STDOUT) > 1:
         raise UsageError("only one of --python and --typescript can write to stdout (-)")
-    for path in paths:
-        if path == STDOUT:
-            continue
-        existed = path.exists()
-        try:
-            with open(path, "a", encoding="utf-8"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-        if not existed:
-            path.unlink()
+    try:
+        check_writable([None if path == STDOUT else path for path in paths])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _from_app(target: str) -> Any:
