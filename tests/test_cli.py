@@ -483,11 +483,12 @@ def test_version(cli_env: dict[str, str]) -> None:
 
 
 def test_help(cli_env: dict[str, str]) -> None:
-    """synapse --help lists the commands on stdout and exits 0."""
+    """synapse --help lists the commands on stdout, in SPEC §4's order (the bench group too), and exits 0."""
     result = synapse("--help", env=cli_env)
     assert (result.returncode, result.stderr) == (0, "")
-    for command in ("serve", "call", "list"):
-        assert command in result.stdout
+    commands = result.stdout.split("Commands:\n", 1)[1]
+    names = [line.split()[0] for line in commands.splitlines() if line.startswith("  ")]
+    assert names == ["serve", "call", "list", "bench", "stubs"]
 
 
 def test_batch_input_that_is_not_utf8_ends_with_one_error(

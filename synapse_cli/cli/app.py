@@ -14,7 +14,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from synapse_cli import __version__
 from synapse_cli.cli import render
@@ -58,8 +60,20 @@ class UsageError(Exception):
     """Bad flags or arguments: exit 2."""
 
 
+class _Commands(TyperGroup):
+    """``synapse --help`` lists the commands in SPEC §4's order, then any other: Typer would put the
+    ``bench`` group after every plain command."""
+
+    ORDER = ("serve", "call", "list", "bench", "stubs")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        rank = {name: i for i, name in enumerate(self.ORDER)}
+        return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
+
+
 app = typer.Typer(
     name="synapse",
+    cls=_Commands,
     help="WebSocket RPC in one command: serve functions, call them, benchmark them.",
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
