@@ -14,7 +14,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -66,7 +65,7 @@ class _Commands(TyperGroup):
 
     ORDER = ("serve", "call", "list", "bench", "stubs")
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:  # Any: Typer 0.27 types it with its vendored click
         rank = {name: i for i, name in enumerate(self.ORDER)}
         return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
 
