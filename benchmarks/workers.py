@@ -1,119 +1,317 @@
-"""`synapse serve --workers N` scaling: calls/s for each N against N = 1, measured in one run.
+"""`synapse serve --workers N` scaling: calls/s with N workers against one, in interleaved rounds of one run.
 
-Two workloads, each with one `synapse serve --workers N` per N (default 1 and 2), driven by the Node `ws`
-generator (benchmarks/node, `npm install` there first) for --seconds, --repeat times:
-  * cpu: burn(1) from benchmarks/apps/cpu_app.py, 1 ms of Python CPU per call, 16 connections x 2 in
-    flight. One process runs Python on one core at a time (the GIL), whatever its threads: this is
-    what --workers is for, and the generator needs little CPU here;
-  * transport: add_numbers(1, 2), 16 connections x 16 in flight: the server's own cost per message.
-    The generator needs as much CPU as the server, so on a 2-core machine a second worker competes
-    with its own load: read that ratio as "what a second worker buys on this machine".
-The table shows median calls/s, the ratio to N = 1, and the busiest worker's share of the workers'
-CPU time during the load (from /proc: 1/N when the kernel spreads the connections evenly, 1.00 when one
-worker gets them all). Nothing is pinned: the workers need every core.
+One `synapse serve --workers N` per N (default 1 and 2) runs for the whole run; each round loads every
+N in turn for --seconds. The generator is benchmarks/rawload.py (raw sockets, pre-built frames, replies
+counted, not parsed), spread over --generators processes: it costs the server's cores little (its CPU
+is reported), so a second worker has a core to run on. Workloads:
+  * transport: add_numbers(1, 2) in the seed's shape {"id": "17", "op": "call", ...} with string ids,
+    64 connections x 64 in flight: the server's own cost per message;
+  * jsonrpc: the same call as JSON-RPC 2.0 (number ids), same load;
+  * cpu: burn(1) from benchmarks/apps/cpu_app.py, 1 ms of Python CPU per call, 64 connections x 2.
 
-    (cd benchmarks/node && npm install) && python benchmarks/workers.py [--seconds 5] [--repeat 3] [--workers 1 2]
+Placement (--placement), on this machine's cores, with the commands it amounts to:
+  * pinned (default): worker i on core i mod cores (`taskset -a -p -c i PID` on every thread; N = 1:
+    core 0), the generators on every core at nice 10 (`nice -n 10`): with N = 1 they take the idle core,
+    with N = 2 they take what the workers leave, and a worker never waits behind them for long;
+  * free: nothing pinned, generators at nice 0 (the scheduler places everything);
+  * split: the workers on core 0 only and the generators on core 1 (`taskset -c 1`): for N = 1 the
+    same as "pinned"; for N = 2 it shows what the second worker costs when it has no core of its own.
+
+Every run reports, over the measured seconds (from /proc): calls/s; the server's CPU (supervisor and
+workers, in cores) and calls per server CPU-second (what a call costs the server, whoever else runs);
+the busiest worker's share of the workers' CPU (1/N when the connections are spread evenly) and the
+connections each worker holds (from /proc/net/tcp); the generators' CPU; the whole machine's busy cores
+(/proc/stat: 2.00 on 2 cores = nothing left idle) and how much of it was neither server nor generator;
+and the load average. The table then gives every round and the medians, and the ratio to N = 1 in the
+same round.
+
+    python benchmarks/workers.py [--seconds 5] [--repeat 3] [--workers 1 2] [--workload transport cpu]
+        [--placement pinned|free|split] [--generators 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from servers import find_node, free_port, generate, start_server
+from servers import SEED_BODY, free_port, start_server
 
 HERE = Path(__file__).parent
-# workload -> (app, call body, connections, calls in flight per connection)
+CORES = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Workload:
+    app: str | None
+    shape: str  # rawload.py --shape
+    probe: str  # a request the server answers (start_server waits for its reply)
+    connections: int
+    window: int
+    block: int
+
+
 WORKLOADS = {
-    "cpu": (str(HERE / "apps" / "cpu_app.py"), '{"func":"burn","args":[1]}', 16, 2),
-    "transport": (None, None, 16, 16),
+    "transport": Workload(None, "seed", SEED_BODY, 64, 64, 16),
+    "jsonrpc": Workload(None, "jsonrpc", SEED_BODY, 64, 64, 16),
+    "cpu": Workload(str(HERE / "apps" / "cpu_app.py"), "burn", '{"id": "1", "func": "burn", "args": [1]}', 64, 2, 1),
 }
+PLACEMENTS = ("pinned", "free", "split")
+
+
+@dataclass
+class Run:
+    """One load of one server: what the generators counted and what /proc said over the same seconds."""
+
+    calls_per_s: float
+    server_cpu: float  # cores: supervisor and workers
+    worker_cpu: list[float]  # cores, each worker
+    generator_cpu: float  # cores, all generator processes
+    busy: float  # cores busy on the whole machine
+    connections: list[int]  # each worker's established connections
+    load: str  # /proc/loadavg's first three fields when the run began
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.calls_per_s / self.server_cpu if self.server_cpu else 0.0
+
+    @property
+    def busiest_share(self) -> float:
+        total = sum(self.worker_cpu)
+        return max(self.worker_cpu) / total if total else 1.0
+
+    @property
+    def other(self) -> float:
+        return max(0.0, self.busy - self.server_cpu - self.generator_cpu)
 
 
 @dataclass
 class Row:
-    """Median calls/s with N workers, and the busiest worker's median share of the workers' CPU time."""
+    """N workers under one workload: its runs, one a round, and their medians."""
 
     workers: int
-    calls_per_s: float
-    busiest_share: float
     workload: str = "transport"
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(getattr(run, name) for run in self.runs)
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.median("calls_per_s")
+
+    @property
+    def busiest_share(self) -> float:
+        return self.median("busiest_share")
 
 
-def cpu_seconds(master: int) -> dict[int, float]:
-    """User + system CPU seconds of each child of ``master`` (the master itself when it has none)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    seconds = {}
+def _stat(pid: int | str) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # the fields after "pid (comm)"
+    except OSError:  # the process exited meanwhile
+        return None
+
+
+def processes(master: int) -> tuple[list[int], list[int]]:
+    """(every process of the server: ``master`` and its children, the workers): N = 1 serves in ``master``."""
+    children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat(stat.parent.name)
+        if fields is not None and int(fields[1]) == master:
+            children.append(int(stat.parent.name))
+    workers = []
+    for pid in children:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # the fields after "pid (comm)"
-        except OSError:  # the process exited meanwhile
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():  # not multiprocessing's resource tracker
+                workers.append(pid)
+        except OSError:
             continue
-        pid, parent = int(stat.parent.name), int(fields[1])
-        if master in (pid, parent):
-            seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks
-    if len(seconds) > 1:
-        del seconds[master]
-    return seconds
+    return [master, *children], sorted(workers) or [master]
 
 
-def loaded(
-    node: str, url: str, master: int, connections: int, window: int, seconds: float, body: str | None = None
-) -> tuple[float, float]:
-    """One unpinned generator run: calls/s, and the busiest worker's share of the CPU time it took."""
-    before = cpu_seconds(master)
-    rate = generate(node, url, connections, window, seconds, core=None, body=body)
-    used = [spent - before.get(pid, 0.0) for pid, spent in cpu_seconds(master).items()]
-    return rate, max(used) / sum(used) if sum(used) > 0 else 1.0
+def cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """Busy CPU seconds of the whole machine (every core), from /proc/stat."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values[:7]) - idle) / os.sysconf("SC_CLK_TCK")  # user ... softirq: not steal, not guest (in user)
+
+
+def connections_of(pids: list[int], port: int) -> list[int]:
+    """Established TCP connections to ``port`` held by each process in ``pids`` (from /proc/net/tcp)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    counts = []
+    for pid in pids:
+        count = 0
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                count += 1
+        counts.append(count)
+    return counts
+
+
+def place(workers: list[int], placement: str) -> None:
+    """Pin each worker's threads (``taskset -a -p -c CORE PID``) as ``placement`` says, or let them run anywhere."""
+    for index, pid in enumerate(workers):
+        if placement == "pinned":
+            cores = {index % CORES}
+        elif placement == "split":
+            cores = {0}
+        else:
+            cores = set(range(CORES))
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cores)
+            except OSError:  # the thread ended meanwhile
+                continue
+
+
+def generator_prefix(placement: str) -> list[str]:
+    """How the generators start: ``nice -n 10`` on every core, nothing, or ``taskset -c 1``."""
+    if placement == "pinned":
+        return ["nice", "-n", "10"]
+    if placement == "split" and CORES > 1:
+        return ["taskset", "-c", "1"]
+    return []
+
+
+def load(url: str, port: int, master: int, workload: Workload, seconds: float, generators: int, placement: str) -> Run:
+    """Load the server at ``url`` with ``generators`` rawload.py processes; measure it over ``seconds``."""
+    everyone, workers = processes(master)
+    place(workers, placement)
+    start_at = time.time() + 1.5  # connections open and warm by then
+    command = [*generator_prefix(placement), sys.executable, str(HERE / "rawload.py"), url]
+    share = [workload.connections // generators + (i < workload.connections % generators) for i in range(generators)]
+    options = ["--window", str(workload.window), "--block", str(workload.block), "--seconds", str(seconds)]
+    options += ["--start-at", repr(start_at), "--shape", workload.shape]
+    procs = [
+        subprocess.Popen([*command, "--connections", str(count), *options], stdout=subprocess.PIPE, text=True)
+        for count in share
+    ]
+    time.sleep(max(0.0, start_at - time.time()))
+    loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    began = (time.perf_counter(), [cpu_seconds(pid) for pid in everyone], [cpu_seconds(pid) for pid in workers])
+    busy_began = machine_busy()
+    time.sleep(seconds / 2)
+    held = connections_of(workers, port)
+    time.sleep(max(0.0, start_at + seconds - time.time()))
+    wall = time.perf_counter() - began[0]
+    server = (sum(cpu_seconds(pid) for pid in everyone) - sum(began[1])) / wall
+    each = [(cpu_seconds(pid) - before) / wall for pid, before in zip(workers, began[2], strict=True)]
+    busy = (machine_busy() - busy_began) / wall
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 60)
+        if proc.returncode != 0:
+            raise SystemExit(f"generator failed ({proc.returncode}): {out}")
+        results.append(json.loads(out.splitlines()[-1]))
+    interval = statistics.mean(result["interval"] for result in results)
+    rate = sum(result["calls"] for result in results) / interval
+    generator = sum(result["cpu"] for result in results) / interval
+    return Run(rate, server, each, generator, busy, held, loadavg)
 
 
 def measure(
     workers: tuple[int, ...] = (1, 2),
     seconds: float = 5.0,
     repeat: int = 3,
-    workloads: tuple[str, ...] = ("cpu", "transport"),
+    workloads: tuple[str, ...] = tuple(WORKLOADS),
+    placement: str = "pinned",
+    generators: int = 2,
 ) -> list[Row]:
-    """For each workload and N in ``workers``: one `synapse serve --workers N`, loaded ``repeat`` times."""
-    node = find_node()
+    """For each workload, one server per N in ``workers``; ``repeat`` rounds, each loading every N in turn."""
     synapse = str(Path(sys.executable).parent / "synapse")
     rows = []
-    for workload in workloads:
-        app, body, connections, window = WORKLOADS[workload]
-        for count in workers:
-            port = free_port()
-            url = f"ws://127.0.0.1:{port}/ws"
-            command = [synapse, "serve", *([app] if app else []), "--port", str(port), "--workers", str(count)]
-            process = start_server([*command, "--log-level", "warning"], url)
-            try:
-                time.sleep(1.0 if count > 1 else 0)  # one worker answered; let the others finish starting
-                runs = [loaded(node, url, process.pid, connections, window, seconds, body) for _ in range(repeat)]
-                rates, shares = zip(*runs, strict=True)
-                rows.append(Row(count, statistics.median(rates), statistics.median(shares), workload))
-            finally:
+    for name in workloads:
+        workload = WORKLOADS[name]
+        servers = []
+        try:
+            for count in workers:
+                port = free_port()
+                url = f"ws://127.0.0.1:{port}/ws"
+                command = [synapse, "serve", *([workload.app] if workload.app else []), "--port", str(port)]
+                command += ["--workers", str(count), "--log-level", "warning"]
+                servers.append((count, port, url, start_server(command, url, workload.probe)))
+            time.sleep(1.0)  # one worker answered; let the others finish starting
+            these = {count: Row(count, name) for count in workers}
+            for _ in range(repeat):
+                for count, port, url, process in servers:
+                    run = load(url, port, process.pid, workload, seconds, generators, placement)
+                    these[count].runs.append(run)
+            rows.extend(these.values())
+        finally:
+            for *_, process in servers:
                 process.terminate()
                 process.wait(30)
     return rows
 
 
-def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
-    print(
-        f"not pinned (workers need every core; the Node generator shares the {os.cpu_count()} cores with them); "
-        f"median of {repeat} x {seconds:g} s"
-    )
-    print(f"{'workload':32} {'server':28} {'calls/s':>10} {'ratio':>6} {'busiest worker CPU share':>25}")
+def describe(placement: str, generators: int) -> str:
+    how = {
+        "pinned": "worker i on core i mod cores (taskset -a -p -c i PID), generators on every core at nice 10",
+        "free": "nothing pinned, generators at nice 0",
+        "split": "workers on core 0 (taskset -a -p -c 0 PID), generators on core 1 (taskset -c 1)",
+    }[placement]
+    return f"placement {placement}: {how}; {generators} generator processes (benchmarks/rawload.py)"
+
+
+def print_table(rows: list[Row], seconds: float, repeat: int, placement: str = "pinned", generators: int = 2) -> None:
+    print(f"{describe(placement, generators)}; {repeat} rounds x {seconds:g} s, {CORES} cores")
+    head = ("workload", "N", "round", "calls/s", "ratio", "server", "calls/CPU-s", "ratio", "busiest", "conns",
+            "generator", "busy", "other", "load")  # fmt: skip
+    widths = (20, 2, 6, 10, 6, 7, 11, 6, 8, 10, 9, 5, 6, 15)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for row in rows:
-        _, _, connections, window = WORKLOADS[row.workload]
-        reference = next(r for r in rows if r.workload == row.workload and r.workers == min(
-            r.workers for r in rows if r.workload == row.workload))  # fmt: skip
-        ratio = row.calls_per_s / reference.calls_per_s
-        workload = f"{row.workload} ({connections} x {window})"
-        server = f"synapse serve --workers {row.workers}"
-        print(f"{workload:32} {server:28} {row.calls_per_s:10,.0f} {ratio:6.2f} {row.busiest_share:25.2f}")
+        workload = WORKLOADS[row.workload]
+        label = f"{row.workload} ({workload.connections}x{workload.window})"
+        base = next(r for r in rows if r.workload == row.workload and r.workers == min(
+            x.workers for x in rows if x.workload == row.workload))  # fmt: skip
+        for index, run in [*enumerate(row.runs), (None, None)]:
+            if run is None:  # the medians
+                ratio = statistics.median(
+                    r.calls_per_s / b.calls_per_s for r, b in zip(row.runs, base.runs, strict=True)
+                )
+                cpu_ratio = statistics.median(
+                    r.per_cpu_s / b.per_cpu_s for r, b in zip(row.runs, base.runs, strict=True)
+                )
+                values = [row.median(n) for n in ("calls_per_s", "server_cpu", "per_cpu_s", "busiest_share")]
+                rest = [row.median(n) for n in ("generator_cpu", "busy", "other")]
+                name, conns, loadavg = "median", "", ""
+            else:
+                assert index is not None
+                ref = base.runs[index]
+                ratio, cpu_ratio = run.calls_per_s / ref.calls_per_s, run.per_cpu_s / ref.per_cpu_s
+                values = [run.calls_per_s, run.server_cpu, run.per_cpu_s, run.busiest_share]
+                rest = [run.generator_cpu, run.busy, run.other]
+                name, conns, loadavg = str(index + 1), "/".join(map(str, run.connections)), run.load
+            print(
+                f"{label:>20} {row.workers:>2} {name:>6} {values[0]:10,.0f} {ratio:6.2f} {values[1]:7.2f} "
+                f"{values[2]:11,.0f} {cpu_ratio:6.2f} {values[3]:8.2f} {conns:>10} {rest[0]:9.2f} {rest[1]:5.2f} "
+                f"{rest[2]:6.2f} {loadavg:>15}"
+            )
 
 
 def main() -> None:
@@ -121,10 +319,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), nargs="+", default=["cpu", "transport"])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), nargs="+", default=list(WORKLOADS))
+    parser.add_argument("--placement", choices=PLACEMENTS, default="pinned")
+    parser.add_argument("--generators", type=int, default=2, help="rawload.py processes sharing the connections")
     options = parser.parse_args()
-    rows = measure(tuple(options.workers), options.seconds, options.repeat, tuple(options.workload))
-    print_table(rows, options.seconds, options.repeat)
+    rows = measure(
+        tuple(options.workers), options.seconds, options.repeat, tuple(options.workload), options.placement,
+        options.generators,
+    )  # fmt: skip
+    print_table(rows, options.seconds, options.repeat, options.placement, options.generators)
 
 
 if __name__ == "__main__":
