@@ -89,7 +89,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def _received_with_drops(url: str, publisher_url: str, subscribed: Any, proxy: Proxy) -> tuple[list[int], int]:
-    """Subscribe through the proxy with resume=True, publish 0..9,999 meanwhile, drop 20 times: what came."""
+    """Subscribe through the proxy with resume=True, publish 0..9,999 meanwhile, drop 20 times while the
+    publisher still runs (asserted at each drop): what came."""
     got: list[int] = []
     drops = {10_000 * k // 21 for k in range(1, 21)}  # every 476 items received, 20 in all
     async with Client(url, reconnect_attempts=10, backoff_base=0.01) as client, Client(publisher_url) as publisher:
@@ -101,6 +102,7 @@ async def _received_with_drops(url: str, publisher_url: str, subscribed: Any, pr
         async for item in stream:
             got.append(item)
             if len(got) in drops:
+                assert not publishing.done(), f"drop {len(got)}: publishing ended (the drops are made while it runs)"
                 proxy.drop()
             if len(got) == 10_000:
                 break
