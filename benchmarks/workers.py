@@ -21,12 +21,13 @@ Every run reports, over the measured seconds (from /proc): calls/s; the server's
 workers, in cores) and calls per server CPU-second (what a call costs the server, whoever else runs);
 the busiest worker's share of the workers' CPU (1/N when the connections are spread evenly) and the
 connections each worker holds (from /proc/net/tcp); the generators' CPU; the whole machine's busy cores
-(/proc/stat: 2.00 on 2 cores = nothing left idle) and how much of it was neither server nor generator;
-and the load average. The table then gives every round and the medians, and the ratio to N = 1 in the
-same round.
+(/proc/stat: 2.00 on 2 cores = nothing left idle), how much of it was neither server nor generator, and
+the cores the hypervisor stole (a VM's neighbours); and the load average. On a shared machine, --quiet S
+waits before each run (up to S seconds) for a second in which the machine's busy cores stay under 0.15.
+The table then gives every round and the medians, and the ratio to N = 1 in the same round.
 
     python benchmarks/workers.py [--seconds 5] [--repeat 3] [--workers 1 2] [--workload transport cpu]
-        [--placement pinned|free|split] [--generators 2]
+        [--placement pinned|free|split] [--generators 2] [--quiet 60]
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Run:
     worker_cpu: list[float]  # cores, each worker
     generator_cpu: float  # cores, all generator processes
     busy: float  # cores busy on the whole machine
+    steal: float  # cores the hypervisor took from this machine
     connections: list[int]  # each worker's established connections
     load: str  # /proc/loadavg's first three fields when the run began
 
@@ -140,11 +142,12 @@ def cpu_seconds(pid: int) -> float:
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy() -> float:
-    """Busy CPU seconds of the whole machine (every core), from /proc/stat."""
+def machine_busy() -> tuple[float, float]:
+    """Busy CPU seconds of the whole machine (every core), and the seconds the hypervisor stole, from /proc/stat."""
     values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]  # idle, iowait
-    return (sum(values[:7]) - idle) / os.sysconf("SC_CLK_TCK")  # user ... softirq: not steal, not guest (in user)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(values[:7]) - idle) / ticks, values[7] / ticks  # user ... softirq (guest is in user); steal
 
 
 def connections_of(pids: list[int], port: int) -> list[int]:
@@ -171,6 +174,18 @@ def connections_of(pids: list[int], port: int) -> list[int]:
                 count += 1
         counts.append(count)
     return counts
+
+
+def wait_quiet(limit: float, idle_below: float = 0.15) -> float:
+    """Wait up to ``limit`` seconds for a second in which the machine's busy cores stay under ``idle_below``."""
+    deadline = time.monotonic() + limit
+    while True:
+        before = machine_busy()[0]
+        time.sleep(1.0)
+        busy = machine_busy()[0] - before
+        if busy < idle_below or time.monotonic() > deadline:
+            return busy
+        time.sleep(1.0)
 
 
 def place(workers: list[int], placement: str) -> None:
@@ -221,7 +236,8 @@ def load(url: str, port: int, master: int, workload: Workload, seconds: float, g
     wall = time.perf_counter() - began[0]
     server = (sum(cpu_seconds(pid) for pid in everyone) - sum(began[1])) / wall
     each = [(cpu_seconds(pid) - before) / wall for pid, before in zip(workers, began[2], strict=True)]
-    busy = (machine_busy() - busy_began) / wall
+    busy_ended = machine_busy()
+    busy, steal = ((end - start) / wall for end, start in zip(busy_ended, busy_began, strict=True))
     results = []
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds + 60)
@@ -231,7 +247,7 @@ def load(url: str, port: int, master: int, workload: Workload, seconds: float, g
     interval = statistics.mean(result["interval"] for result in results)
     rate = sum(result["calls"] for result in results) / interval
     generator = sum(result["cpu"] for result in results) / interval
-    return Run(rate, server, each, generator, busy, held, loadavg)
+    return Run(rate, server, each, generator, busy, steal, held, loadavg)
 
 
 def measure(
@@ -241,6 +257,7 @@ def measure(
     workloads: tuple[str, ...] = tuple(WORKLOADS),
     placement: str = "pinned",
     generators: int = 2,
+    quiet: float = 0.0,
 ) -> list[Row]:
     """For each workload, one server per N in ``workers``; ``repeat`` rounds, each loading every N in turn."""
     synapse = str(Path(sys.executable).parent / "synapse")
@@ -259,6 +276,8 @@ def measure(
             these = {count: Row(count, name) for count in workers}
             for _ in range(repeat):
                 for count, port, url, process in servers:
+                    if quiet:
+                        wait_quiet(quiet)
                     run = load(url, port, process.pid, workload, seconds, generators, placement)
                     these[count].runs.append(run)
             rows.extend(these.values())
@@ -281,8 +300,8 @@ def describe(placement: str, generators: int) -> str:
 def print_table(rows: list[Row], seconds: float, repeat: int, placement: str = "pinned", generators: int = 2) -> None:
     print(f"{describe(placement, generators)}; {repeat} rounds x {seconds:g} s, {CORES} cores")
     head = ("workload", "N", "round", "calls/s", "ratio", "server", "calls/CPU-s", "ratio", "busiest", "conns",
-            "generator", "busy", "other", "load")  # fmt: skip
-    widths = (20, 2, 6, 10, 6, 7, 11, 6, 8, 10, 9, 5, 6, 15)
+            "generator", "busy", "other", "steal", "load")  # fmt: skip
+    widths = (20, 2, 6, 10, 6, 7, 11, 6, 8, 10, 9, 5, 6, 5, 15)
     print(" ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for row in rows:
         workload = WORKLOADS[row.workload]
@@ -298,19 +317,19 @@ def print_table(rows: list[Row], seconds: float, repeat: int, placement: str = "
                     r.per_cpu_s / b.per_cpu_s for r, b in zip(row.runs, base.runs, strict=True)
                 )
                 values = [row.median(n) for n in ("calls_per_s", "server_cpu", "per_cpu_s", "busiest_share")]
-                rest = [row.median(n) for n in ("generator_cpu", "busy", "other")]
+                rest = [row.median(n) for n in ("generator_cpu", "busy", "other", "steal")]
                 name, conns, loadavg = "median", "", ""
             else:
                 assert index is not None
                 ref = base.runs[index]
                 ratio, cpu_ratio = run.calls_per_s / ref.calls_per_s, run.per_cpu_s / ref.per_cpu_s
                 values = [run.calls_per_s, run.server_cpu, run.per_cpu_s, run.busiest_share]
-                rest = [run.generator_cpu, run.busy, run.other]
+                rest = [run.generator_cpu, run.busy, run.other, run.steal]
                 name, conns, loadavg = str(index + 1), "/".join(map(str, run.connections)), run.load
             print(
                 f"{label:>20} {row.workers:>2} {name:>6} {values[0]:10,.0f} {ratio:6.2f} {values[1]:7.2f} "
                 f"{values[2]:11,.0f} {cpu_ratio:6.2f} {values[3]:8.2f} {conns:>10} {rest[0]:9.2f} {rest[1]:5.2f} "
-                f"{rest[2]:6.2f} {loadavg:>15}"
+                f"{rest[2]:6.2f} {rest[3]:5.2f} {loadavg:>15}"
             )
 
 
@@ -322,10 +341,13 @@ def main() -> None:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), nargs="+", default=list(WORKLOADS))
     parser.add_argument("--placement", choices=PLACEMENTS, default="pinned")
     parser.add_argument("--generators", type=int, default=2, help="rawload.py processes sharing the connections")
+    parser.add_argument(
+        "--quiet", type=float, default=0.0, help="before each run, wait up to this many seconds for an idle machine"
+    )
     options = parser.parse_args()
     rows = measure(
         tuple(options.workers), options.seconds, options.repeat, tuple(options.workload), options.placement,
-        options.generators,
+        options.generators, options.quiet,
     )  # fmt: skip
     print_table(rows, options.seconds, options.repeat, options.placement, options.generators)
 
