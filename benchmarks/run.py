@@ -8,7 +8,7 @@ Imports each script's measure() and runs them in turn, each printing its own tab
   bench_vs_bare.py  synapse bench vs a bare picows loop (and Node ws);
   coldstart.py      synapse call / synapse --help wall time vs a minimal websockets script;
   memory.py         RSS per idle connection and churn drift, synapse serve vs bare Starlette;
-  workers.py        synapse serve --workers 2 vs --workers 1 (not pinned), CPU-bound and transport-bound calls;
+  workers.py        synapse serve --workers 2 vs --workers 1 (worker i on core i), CPU-bound and add_numbers calls;
   fairness.py       one connection's sequential round trips while another floods cancels, vs no flood;
   fanout.py         a topic's deliveries per server CPU-second, synapse serve vs websockets broadcast() and a
                     Node ws broadcast loop, 1,000 and 10,000 subscribers, the synapse bench --topic generator.
@@ -235,7 +235,7 @@ def run_workers(quick: bool) -> list[Summary]:
         one, two = (next(r for r in rows if r.workload == workload and r.workers == n) for n in (1, 2))
         summaries.append(
             Summary(
-                f"serve --workers 2 vs 1, {workload} (unpinned)",
+                f"serve --workers 2 vs 1, {workload} (pinned)",
                 f"{two.calls_per_s:,.0f} calls/s",
                 f"{one.calls_per_s:,.0f} calls/s",
                 two.calls_per_s / one.calls_per_s,
@@ -276,7 +276,7 @@ SECTIONS: dict[str, Callable[[bool], list[Summary]]] = {
     "fairness.py": run_fairness,
     "fanout.py": run_fanout,
 }
-NEEDS_NODE = {"servers.py", "workers.py", "fanout.py"}  # bench_vs_bare.py skips its Node row by itself
+NEEDS_NODE = {"servers.py", "fanout.py"}  # bench_vs_bare.py skips its Node row by itself
 
 
 def print_summary(lines: list[Summary]) -> None:
