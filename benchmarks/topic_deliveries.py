@@ -16,8 +16,17 @@ publish: "missed" counts deliveries that never came (must be 0).
 With --baseline DIR (``git archive COMMIT synapse_cli | tar -x -C DIR``) that code's server runs the
 same rounds, interleaved: before and after in one run, the ratio of the medians printed.
 
+With --workers N --broker the rounds compare one process against N sharing a topic through Redis:
+``synapse serve benchmarks/apps/worker_topic.py`` alone, with ``--broker``, and with ``--workers N
+--broker``, each round against a fresh ``redis-server`` on a free loopback port. The subscribers connect
+through the one shared port and ask ``pid`` first, so every delivery is counted for the worker that made
+it; the publisher's calls land on whichever worker the kernel gives its connection, and each publish
+reaches the others through Redis. The N workers are not pinned (the machine's cores are theirs, shared
+with the generator on core 1 and with Redis); server CPU is the sum over the workers, and Redis's own
+share is printed beside it.
+
     python benchmarks/topic_deliveries.py [--subscribers 1000] [--procs 2] [--seconds 5] [--repeat 3]
-        [--window 8] [--baseline DIR]
+        [--window 8] [--baseline DIR | --workers N --broker]
 """
 
 from __future__ import annotations
@@ -28,9 +37,11 @@ import ctypes
 import multiprocessing
 import os
 import select
+import shutil
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import time
 import urllib.request
@@ -41,6 +52,7 @@ from servers import cpu_seconds, free_port, pinned, start_server
 
 SYNAPSE = "synapse serve"
 BASELINE = "synapse serve, --baseline code"
+WORKER_APP = Path(__file__).parent / "apps" / "worker_topic.py"  # the built-ins plus pid and subscribed
 ITEM_MARK = b'"item":'  # once in every item frame, native and JSON-RPC alike
 POLL_SLEEP = 0.005  # seconds a subscriber process sleeps between polls: reads carry many items
 MIB = 2**20
@@ -84,18 +96,44 @@ def connect(port: int) -> socket.socket:
 # -- the generator's processes --------------------------------------------------------------------
 
 
-def subscribers(port: int, count: int, received: multiprocessing.sharedctypes.Synchronized, ready: object) -> None:
-    """Open ``count`` subscriptions, then count the items they receive into ``received`` until killed."""
+def call(sock: socket.socket, func: str) -> int:
+    """One blocking call on a fresh connection (before it subscribes); its integer result."""
+    sock.sendall(client_frame(b'{"id":0,"func":"%s"}' % func.encode()))
+    reply = b""
+    while b'"error"' not in reply:
+        reply += sock.recv(4096)
+    return int(reply.split(b'"result":')[1].split(b",")[0])
+
+
+def subscribers(
+    port: int,
+    count: int,
+    received: multiprocessing.sharedctypes.Synchronized,
+    ready: object,
+    workers: list[int] | None = None,
+    per_worker: multiprocessing.sharedctypes.SynchronizedArray | None = None,
+    held: multiprocessing.sharedctypes.SynchronizedArray | None = None,
+) -> None:
+    """Open ``count`` subscriptions, then count the items they receive into ``received`` until killed.
+
+    With ``workers`` (their pids), each connection asks ``pid`` first: its deliveries are also counted in
+    ``per_worker`` at that worker's index, and ``held`` counts the subscribers each worker holds.
+    """
     socks = [connect(port) for _ in range(count)]
     subscribe = client_frame(b'{"id":1,"func":"events"}')
     poller = select.epoll()
     tails: dict[int, bytes] = {}
+    slots: dict[int, int] = {}
     for sock in socks:
+        if workers is not None and held is not None:
+            slots[sock.fileno()] = workers.index(call(sock, "pid"))
+            held[slots[sock.fileno()]] += 1
         sock.sendall(subscribe)
         sock.setblocking(False)
         poller.register(sock.fileno(), select.EPOLLIN)
         tails[sock.fileno()] = b""
     by_fd = {sock.fileno(): sock for sock in socks}
+    counts = [0] * (len(workers) if workers else 0)
     ready.set()  # type: ignore[attr-defined]
     total = 0
     while True:
@@ -107,9 +145,15 @@ def subscribers(port: int, count: int, received: multiprocessing.sharedctypes.Sy
             if not data:
                 raise SystemExit("a subscriber's connection was closed")
             data = tails[fd] + data
-            total += data.count(ITEM_MARK)
+            items = data.count(ITEM_MARK)
+            total += items
+            if slots:
+                counts[slots[fd]] += items
             tails[fd] = data[-(len(ITEM_MARK) - 1) :]
         received.value = total
+        if per_worker is not None:
+            for index, value in enumerate(counts):
+                per_worker[index] = value
         time.sleep(POLL_SLEEP)
 
 
@@ -145,6 +189,16 @@ stop_flag = multiprocessing.Event()
 # -- one round ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One server the rounds run: this code or --baseline's, in one process or ``workers``, with Redis or not."""
+
+    name: str
+    baseline: Path | None = None
+    workers: int = 0  # 0: the plain built-ins in one process (no pid probes); 1+: WORKER_APP in that many
+    broker: bool = False
+
+
 @dataclass
 class Round:
     deliveries_per_s: float
@@ -152,6 +206,9 @@ class Round:
     server_cpu: float
     generator_cpu: float
     missed: int
+    redis_cpu: float = 0.0
+    per_worker: list[float] = field(default_factory=list)  # deliveries/s made by each worker
+    held: list[int] = field(default_factory=list)  # subscribers each worker held
 
     @property
     def per_cpu_second(self) -> float:
@@ -167,15 +224,64 @@ class Row:
         return statistics.median(getattr(run, attribute) for run in self.rounds)
 
 
-def server_command(name: str, port: int, subscribers_count: int, baseline: Path | None) -> list[str]:
+def server_command(setup: Setup, port: int, subscribers_count: int, redis_port: int | None) -> list[str]:
     python = sys.executable
-    head = [python, "-m", "synapse_cli"] if name == BASELINE else [str(Path(python).parent / "synapse")]
-    env = ["env", f"PYTHONPATH={baseline}"] if name == BASELINE else []
+    baseline = setup.baseline
+    head = [python, "-m", "synapse_cli"] if baseline else [str(Path(python).parent / "synapse")]
+    env = ["env", f"PYTHONPATH={baseline}"] if baseline else []
     options = ["--port", str(port), "--max-connections", str(subscribers_count + 50), "--log-level", "warning"]
-    return [*pinned(0), *env, *head, "serve", *options]
+    if setup.workers:
+        options[:0] = [str(WORKER_APP)]
+    if setup.workers > 1:
+        options += ["--workers", str(setup.workers)]
+    if redis_port is not None:
+        options += ["--broker", f"redis://127.0.0.1:{redis_port}/0"]
+    pin = pinned(0) if setup.workers <= 1 else []  # N workers get the machine's cores
+    return [*pin, *env, *head, "serve", *options]
 
 
-def subscribed(port: int) -> int:
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    """A fresh redis-server on a loopback port, no persistence (pinned to no core: it is a third party)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--broker needs redis-server on PATH (Debian: apt-get install redis-server)")
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process
+        except OSError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise SystemExit(f"redis-server did not start on port {port}")
+        time.sleep(0.05)
+
+
+def worker_probes(port: int, workers: int) -> dict[int, socket.socket]:
+    """One connection to each of the ``workers`` processes (by pid), found by connecting until all answered."""
+    probes: dict[int, socket.socket] = {}
+    deadline = time.monotonic() + 30
+    while len(probes) < workers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(probes)} of {workers} workers answered within 30 s")
+        sock = connect(port)
+        pid = call(sock, "pid")
+        if pid in probes:
+            sock.close()
+        else:
+            probes[pid] = sock
+    return probes
+
+
+def subscribed(port: int, probes: dict[int, socket.socket] | None = None) -> int:
+    """Subscribers of ``events`` the server holds: each worker's own count, or /metrics' for the built-ins."""
+    if probes:
+        return sum(call(sock, "subscribed") for sock in probes.values())
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     for line in text.splitlines():
         if line.startswith('synapse_topic_subscribers{topic="events"}'):
@@ -187,17 +293,29 @@ def process_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-def one_round(command: list[str], count: int, procs: int, window: int, seconds: float) -> Round:
-    port = int(command[command.index("--port") + 1])
+def one_round(setup: Setup, count: int, procs: int, window: int, seconds: float) -> Round:
+    port = free_port()
+    redis_port = free_port() if setup.broker else None
+    redis = start_redis(redis_port) if redis_port is not None else None
+    command = server_command(setup, port, count, redis_port)
+    workers: list[multiprocessing.process.BaseProcess] = []
+    probes: dict[int, socket.socket] = {}
     server = start_server(command, f"ws://127.0.0.1:{port}/ws")
     context = multiprocessing.get_context("fork")
-    workers: list[multiprocessing.process.BaseProcess] = []
     try:
+        probes = worker_probes(port, setup.workers) if setup.workers else {}
+        server_pids = list(probes) or [server.pid]
+        slots = list(probes) or None
+        width = max(1, len(probes))
         counters = [context.Value(ctypes.c_longlong, 0, lock=False) for _ in range(procs)]
+        per_worker = [context.Array(ctypes.c_longlong, width, lock=False) for _ in range(procs)]
+        held = [context.Array(ctypes.c_longlong, width, lock=False) for _ in range(procs)]
         readies = [context.Event() for _ in range(procs)]
         shares = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
-        for share, counter, ready in zip(shares, counters, readies, strict=True):
-            workers.append(context.Process(target=subscribers, args=(port, share, counter, ready), daemon=True))
+        for arguments in zip(shares, counters, readies, per_worker, held, strict=True):
+            share, counter, ready, worker_counts, worker_held = arguments
+            target_args = (port, share, counter, ready, slots, worker_counts, worker_held)
+            workers.append(context.Process(target=subscribers, args=target_args, daemon=True))
         published = context.Value(ctypes.c_longlong, 0, lock=False)
         go = context.Event()
         stop_flag.clear()
@@ -212,19 +330,32 @@ def one_round(command: list[str], count: int, procs: int, window: int, seconds: 
             if not ready.wait(120):
                 raise SystemExit("the subscribers did not connect in time")
         deadline = time.monotonic() + 60
-        while subscribed(port) < count:
+        while subscribed(port, probes) < count:
             if time.monotonic() > deadline:
-                raise SystemExit(f"only {subscribed(port)} of {count} subscribed")
+                raise SystemExit(f"only {subscribed(port, probes)} of {count} subscribed")
             time.sleep(0.1)
         go.set()
         time.sleep(1.0)  # warm-up
-        start = time.monotonic()
-        got0, pub0 = sum(c.value for c in counters), published.value
-        server0, generator0 = cpu_seconds(server.pid), process_cpu(pids)
+
+        def snapshot() -> tuple[float, int, list[int], int, float, float, float]:
+            by_worker = [sum(array[i] for array in per_worker) for i in range(width)]
+            redis_seconds = cpu_seconds(redis.pid) if redis is not None else 0.0
+            delivered = sum(c.value for c in counters)
+            now = time.monotonic()
+            return (
+                now,
+                delivered,
+                by_worker,
+                published.value,
+                process_cpu(server_pids),
+                process_cpu(pids),
+                redis_seconds,
+            )
+
+        before = snapshot()
         time.sleep(seconds)
-        elapsed = time.monotonic() - start
-        got1, pub1 = sum(c.value for c in counters), published.value
-        server1, generator1 = cpu_seconds(server.pid), process_cpu(pids)
+        after = snapshot()
+        elapsed = after[0] - before[0]
         stop_flag.set()
         time.sleep(0.5)  # the last publishes are answered
         expected = published.value * count
@@ -234,18 +365,34 @@ def one_round(command: list[str], count: int, procs: int, window: int, seconds: 
             expected = published.value * count
         missed = expected - sum(c.value for c in counters)
         return Round(
-            (got1 - got0) / elapsed,
-            (pub1 - pub0) / elapsed,
-            (server1 - server0) / elapsed,
-            (generator1 - generator0) / elapsed,
+            (after[1] - before[1]) / elapsed,
+            (after[3] - before[3]) / elapsed,
+            (after[4] - before[4]) / elapsed,
+            (after[5] - before[5]) / elapsed,
             missed,
+            (after[6] - before[6]) / elapsed,
+            [(a - b) / elapsed for a, b in zip(after[2], before[2], strict=True)] if probes else [],
+            [sum(array[i] for array in held) for i in range(width)] if probes else [],
         )
     finally:
         for worker in workers:
             worker.kill()
             worker.join(10)
+        for sock in probes.values():
+            sock.close()
         server.terminate()
-        server.wait(10)
+        server.wait(20)
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
+
+
+def setups(baseline: Path | None, workers: int, broker: bool) -> list[Setup]:
+    """The servers the rounds compare."""
+    if workers > 1 or broker:
+        many = [Setup(f"{workers} workers, --broker", workers=workers, broker=True)] if workers > 1 else []
+        return [Setup("1 process", workers=1), Setup("1 process, --broker", workers=1, broker=True), *many]
+    return [Setup(SYNAPSE), *([Setup(BASELINE, baseline=baseline)] if baseline else [])]
 
 
 def measure(
@@ -255,40 +402,53 @@ def measure(
     repeat: int = 3,
     window: int = 8,
     baseline: Path | None = None,
+    workers: int = 1,
+    broker: bool = False,
 ) -> list[Row]:
     """Rounds of every server, interleaved."""
-    names = [SYNAPSE, *([BASELINE] if baseline else [])]
-    rows = {name: Row(name) for name in names}
+    servers = setups(baseline, workers, broker)
+    rows = {setup.name: Row(setup.name) for setup in servers}
     for _ in range(repeat):
-        for name in names:
-            command = server_command(name, free_port(), subscribers_count, baseline)
-            rows[name].rounds.append(one_round(command, subscribers_count, procs, window, seconds))
+        for setup in servers:
+            rows[setup.name].rounds.append(one_round(setup, subscribers_count, procs, window, seconds))
     return list(rows.values())
 
 
 def print_table(rows: list[Row], subscribers_count: int, seconds: float) -> None:
     print(
-        f"{subscribers_count} subscribers of one topic, server on core 0, generator on core 1; "
+        f"{subscribers_count} subscribers of one topic, generator on core 1 (one process: server on core 0); "
         f"medians of {len(rows[0].rounds)} rounds of {seconds:g} s"
     )
     print(
         f"{'server':32} {'deliveries/s':>13} {'publishes/s':>12} {'server CPU':>11} {'generator CPU':>14} "
-        f"{'per CPU-s':>11} {'missed':>7}"
+        f"{'per CPU-s':>11} {'redis CPU':>10} {'missed':>7}"
     )
     for row in rows:
         print(
             f"{row.name:32} {row.median('deliveries_per_s'):13,.0f} {row.median('publishes_per_s'):12,.0f} "
             f"{row.median('server_cpu'):11.2f} {row.median('generator_cpu'):14.2f} "
-            f"{row.median('per_cpu_second'):11,.0f} {sum(r.missed for r in row.rounds):7}"
+            f"{row.median('per_cpu_second'):11,.0f} {row.median('redis_cpu'):10.2f} "
+            f"{sum(r.missed for r in row.rounds):7}"
         )
         rounds = ", ".join(f"{r.deliveries_per_s:,.0f}" for r in row.rounds)
         print(f"{'':32} rounds: {rounds}")
-    if len(rows) == 2:
+        for index, run in enumerate(row.rounds):
+            if len(run.per_worker) > 1:
+                shares = ", ".join(f"{d:,.0f}/s to {n}" for d, n in zip(run.per_worker, run.held, strict=True))
+                print(f"{'':32} round {index + 1} by worker: {shares}")
+    if len(rows) == 2 and rows[1].name == BASELINE:
         now, before = rows
         print(
             f"after / before: deliveries/s {now.median('deliveries_per_s') / before.median('deliveries_per_s'):.2f}x, "
             f"per server CPU-second {now.median('per_cpu_second') / before.median('per_cpu_second'):.2f}x"
         )
+    elif len(rows) == 3:
+        alone, single, many = rows
+        for label, attribute in (("deliveries/s", "deliveries_per_s"), ("per server CPU-second", "per_cpu_second")):
+            print(
+                f"{many.name} / {single.name}: {label} {many.median(attribute) / single.median(attribute):.2f}x "
+                f"(/ {alone.name}: {many.median(attribute) / alone.median(attribute):.2f}x)"
+            )
 
 
 def main() -> None:
@@ -299,9 +459,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--window", type=int, default=8, help="publishes in flight")
     parser.add_argument("--baseline", type=Path, help="an older checkout's synapse_cli, run alongside")
+    parser.add_argument("--workers", type=int, default=1, help="with --broker: also N worker processes")
+    parser.add_argument("--broker", action="store_true", help="compare against servers sharing a redis-server")
     options = parser.parse_args()
+    if options.workers > 1 and not options.broker:
+        parser.error("--workers N shares the topic through Redis: add --broker")
+    if options.baseline and options.broker:
+        parser.error("--baseline compares one process; run it without --workers/--broker")
     rows = measure(
-        options.subscribers, options.procs, options.seconds, options.repeat, options.window, options.baseline
+        options.subscribers,
+        options.procs,
+        options.seconds,
+        options.repeat,
+        options.window,
+        options.baseline,
+        options.workers,
+        options.broker,
     )
     print_table(rows, options.subscribers, options.seconds)
 

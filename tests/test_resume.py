@@ -51,6 +51,8 @@ class Proxy:
         self.accepted = 0
         self.pipes: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
+        self.gate = asyncio.Event()  # cleared: new connections wait (the client is away)
+        self.gate.set()
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
@@ -60,6 +62,7 @@ class Proxy:
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         port = self.upstreams[self.accepted % len(self.upstreams)]
         self.accepted += 1
+        await self.gate.wait()
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
         self.pipes += [writer, up_writer]
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
@@ -86,7 +89,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def _received_with_drops(url: str, publisher_url: str, subscribed: Any, proxy: Proxy) -> tuple[list[int], int]:
-    """Subscribe through the proxy with resume=True, publish 0..9,999 meanwhile, drop 20 times: what came."""
+    """Subscribe through the proxy with resume=True, publish 0..9,999 meanwhile, drop 20 times while the
+    publisher still runs (asserted at each drop): what came."""
     got: list[int] = []
     drops = {10_000 * k // 21 for k in range(1, 21)}  # every 476 items received, 20 in all
     async with Client(url, reconnect_attempts=10, backoff_base=0.01) as client, Client(publisher_url) as publisher:
@@ -98,6 +102,7 @@ async def _received_with_drops(url: str, publisher_url: str, subscribed: Any, pr
         async for item in stream:
             got.append(item)
             if len(got) in drops:
+                assert not publishing.done(), f"drop {len(got)}: publishing ended (the drops are made while it runs)"
                 proxy.drop()
             if len(got) == 10_000:
                 break
@@ -147,6 +152,62 @@ async def test_resume_moves_to_another_server_through_redis_and_misses_nothing()
     assert resumes == 20 and proxy.accepted == 21
 
 
+async def _resumed_before_the_first_item(url: str, publisher_url: str, subscribed: Any, proxy: Proxy) -> Any:
+    """Subscribe after 0..99 were published; drop before any item came; publish 100..199 while the client is
+    kept away; let it back: what it received, its resumes, and the position it was told it started after."""
+    async with Client(url, reconnect_attempts=10, backoff_base=0.01) as client, Client(publisher_url) as publisher:
+        await publisher.call("publish_range", 0, 100)
+        stream = client.stream("counter", resume=True)
+        first = asyncio.ensure_future(stream.__anext__())  # subscribes
+        assert await asyncio.to_thread(wait_for, lambda: subscribed() and stream.position is not None, 5)
+        started = stream.position
+        proxy.gate.clear()
+        proxy.drop()
+        await publisher.call("publish_range", 100, 200)  # while the client is away
+        proxy.gate.set()
+        got = [await asyncio.wait_for(first, 10)]
+        while len(got) < 100:
+            got.append(await asyncio.wait_for(stream.__anext__(), 10))
+        await stream.aclose()
+        return got, stream.resumes, started
+
+
+async def test_a_drop_before_the_first_item_resumes_from_where_the_subscription_started() -> None:
+    """The connection is aborted after the subscription was told it starts after 100 and before any item;
+    100..199 are published while the client is away: it resumes and receives exactly 100..199, in order."""
+    with resume_server() as running:
+        proxy = Proxy([running.port])
+        url = await proxy.start()
+        topic = running.state.registry.topics["counter"]
+        try:
+            got, resumes, started = await _resumed_before_the_first_item(
+                url, running.url, lambda: len(topic.subscribers) == 1, proxy
+            )
+        finally:
+            await proxy.close()
+    assert (started, resumes, proxy.accepted) == (100, 1, 2)
+    assert got == list(range(100, 200))
+
+
+async def test_a_drop_before_the_first_item_resumes_on_another_server_through_redis() -> None:
+    """As above, the reconnect landing on a second server sharing the redis-server: the start it was told
+    (Redis's latest position, 100) holds there, and it receives exactly 100..199 in order."""
+    port = free_port()
+    broker = f"redis://127.0.0.1:{port}/0"
+    with redis_server(port), resume_server(broker=broker) as one, resume_server(broker=broker) as two:
+        proxy = Proxy([one.port, two.port])
+        url = await proxy.start()
+        topics = [server.state.registry.topics["counter"] for server in (one, two)]
+        try:
+            got, resumes, started = await _resumed_before_the_first_item(
+                url, two.url, lambda: len(topics[0].subscribers) == 1, proxy
+            )
+        finally:
+            await proxy.close()
+    assert (started, resumes, proxy.accepted) == (100, 1, 2)
+    assert got == list(range(100, 200))
+
+
 async def _publish_small(url: str, values: range) -> None:
     async with Client(url) as publisher:
         for value in values:
@@ -181,18 +242,21 @@ async def test_since_the_history_no_longer_holds_is_32006_with_the_oldest_positi
 
 
 def test_items_carry_their_position_on_the_wire_in_both_dialects() -> None:
-    """Native {"id", "item", "position"}; JSON-RPC params {"subscription", "item", "position"}; since by name
-    or by position; a topic without history takes no since (-32602)."""
+    """Native {"id", "position"} (where it starts), then {"id", "item", "position"}; JSON-RPC rpc.start, then
+    rpc.item params {"subscription", "item", "position"}; since by name or by position; a topic without
+    history takes no since (-32602)."""
     with resume_server() as running, connect(running.url) as ws:
         ws.send('{"id": "p", "func": "publish_small", "args": [7]}')
         assert json.loads(ws.recv(timeout=5)) == {"id": "p", "result": 0, "error": None}
         ws.send('{"id": "n", "func": "small", "args": [0]}')
+        assert ws.recv(timeout=5) == '{"id":"n","position":0}'  # where it starts, before any item
         assert ws.recv(timeout=5) == '{"id":"n","item":7,"position":1}'
         ws.send('{"jsonrpc": "2.0", "id": 2, "method": "small", "params": {"since": 0}}')
-        messages = [json.loads(ws.recv(timeout=5)) for _ in range(2)]
+        messages = [json.loads(ws.recv(timeout=5)) for _ in range(3)]
         sid = messages[0]["result"]["subscription"]
+        start = {"jsonrpc": "2.0", "method": "rpc.start", "params": {"subscription": sid, "position": 0}}
         item = {"jsonrpc": "2.0", "method": "rpc.item", "params": {"subscription": sid, "item": 7, "position": 1}}
-        assert messages == [{"jsonrpc": "2.0", "id": 2, "result": {"subscription": sid}}, item]
+        assert messages == [{"jsonrpc": "2.0", "id": 2, "result": {"subscription": sid}}, start, item]
         ws.send('{"id": "b", "func": "burst", "args": {"since": 0}}')
         reply = json.loads(ws.recv(timeout=5))
         assert reply["id"] == "b" and reply["error"]["code"] == -32602
@@ -208,6 +272,7 @@ def test_a_value_json_cannot_carry_fails_its_publisher_not_the_subscribers() -> 
         assert reply["error"] == {"code": -32603, "message": "internal error", "data": {"type": "ValueError"}}
         publisher.send('{"id": 2, "func": "publish_small", "args": [1]}')
         assert json.loads(publisher.recv(timeout=5))["result"] == 1
+        assert subscriber.recv(timeout=5) == '{"id":1,"position":0}'
         assert subscriber.recv(timeout=5) == '{"id":1,"item":1,"position":1}'
 
 

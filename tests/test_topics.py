@@ -24,6 +24,7 @@ class ListSink:
         self.got: list[bytes] = []
         self.open = open_
         self.callbacks: list[Callable[[], None]] = []
+        self.started: list[int] = []  # the positions it was told it starts after (a topic with a history)
 
     def offer(self, payload: bytes) -> bool:
         if not self.open:
@@ -33,6 +34,10 @@ class ListSink:
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         self.callbacks.append(callback)
+
+    def start(self, position: int) -> None:
+        assert not self.got, "told where it starts after an item"
+        self.started.append(position)
 
     def reopen(self) -> None:
         self.open = True
@@ -115,6 +120,23 @@ async def test_history_gives_positions_and_since_replays_what_was_missed_then_li
     topic.open(latest, since=5)  # nothing missed
     topic.deliver(b'"v6"')
     assert latest.got == [b'"v6","position":6']
+    assert (sink.started, latest.started) == ([2], [5])
+
+
+async def test_a_subscription_is_told_where_it_starts_before_any_item() -> None:
+    """With a history, a subscriber without since is told the latest position first (what it would resume
+    from); without a history, nothing: its items carry no position either."""
+    topic = Topic("t", history=3)
+    for n in (1, 2):
+        topic.deliver(b"%d" % n)
+    sink = ListSink()
+    topic.open(sink)
+    topic.deliver(b"3")
+    assert (sink.started, sink.got) == ([2], [b'3,"position":3'])
+    plain, untold = Topic("p"), ListSink()
+    plain.open(untold)
+    plain.deliver(b"1")
+    assert (untold.started, untold.got) == ([], [b"1"])
 
 
 @pytest.mark.parametrize(
@@ -224,6 +246,9 @@ class ReplayBroker:
     async def replay(self, topic: Topic, since: int) -> list[tuple[int, bytes]]:
         return [entry for entry in self.entries if entry[0] > since]
 
+    async def latest(self, topic: Topic) -> int:
+        return self.entries[-1][0]
+
 
 async def test_a_broker_replay_ahead_of_this_process_sends_nothing_twice() -> None:
     """Redis replays up to position 3 while only 1 has reached this process: 2 and 3, when they arrive
@@ -238,6 +263,20 @@ async def test_a_broker_replay_ahead_of_this_process_sends_nothing_twice() -> No
     assert sink.got == [b'1,"position":1', b'2,"position":2', b'3,"position":3', b'4,"position":4']
     topic.deliver(b"5", 5)
     assert sink.got[-1] == b'5,"position":5' and len(topic.live) == 1
+    assert sink.started == [0]
+
+
+async def test_with_a_broker_a_subscription_without_since_starts_after_the_brokers_latest() -> None:
+    """Redis is at 3 while only 1 reached this process: a subscriber without since is told 3 (the same on
+    every server), is not sent 2 and 3 when they arrive here, and gets 4."""
+    topic = Topic("t", history=10)
+    topic.broker = ReplayBroker([(1, b"1"), (2, b"2"), (3, b"3")])
+    topic.deliver(b"1", 1)
+    sink = ListSink()
+    await topic.subscribe(sink)
+    for position in (2, 3, 4):
+        topic.deliver(b"%d" % position, position)
+    assert (sink.started, sink.got) == ([3], [b'4,"position":4'])
 
 
 async def test_a_broker_replay_behind_this_process_goes_on_from_what_arrived_here() -> None:

@@ -275,12 +275,14 @@ class Client(ExposedFunctions):
                 if reply.kind == "item":
                     self._deadlines.discard(call)
                     call.on_item(reply.result)
-                elif reply.subscription is not None:  # a JSON-RPC stream's end ends its call
+                elif reply.kind == "end" and reply.subscription is not None:  # a JSON-RPC stream's end ends its call
                     self._subscriptions.pop(reply.subscription, None)
                     self._settle([protocol.Reply(request_id, None, reply.error)])
             return  # else a stream we left already
         if reply.kind == "item":
             stream.put(reply.result, reply.position)
+        elif reply.kind == "start":
+            stream.start(reply.position)
         else:
             stream.finish(None, reply.error)
 

@@ -6,9 +6,10 @@ the loop early (break, exception, cancellation) tells the client to stop the str
 A stream holds at most ``max_items`` items its reader has not taken yet: past that, the client stops
 reading the socket (TCP pushes back to the server, which ends a topic subscriber that falls too far
 behind with -32004) and reads again once the reader has taken half of them. Items of a topic with a
-history carry their position (:attr:`Stream.position`, the last one received); with ``resume=True``
-a dropped connection is reopened (the client's backoff) and the stream subscribes again with
-``since=<position>``: the items it missed, then live ones, with no gap and no duplicate.
+history carry their position (:attr:`Stream.position`, the last one received; before the first item,
+the one the server said the subscription starts after); with ``resume=True`` a dropped connection is
+reopened (the client's backoff) and the stream subscribes again with ``since=<position>``: the items it
+missed, then live ones, with no gap and no duplicate, even when none had arrived yet.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Stream:
     """The items of one stream call, as an async iterator (made by :meth:`Client.stream`).
 
     Attributes:
-        position: the position of the last item received, for a topic with a history (else None):
+        position: the position of the last item received, for a topic with a history (else None);
+            before the first item, the position the server said the subscription starts after:
             ``client.stream(topic, since=stream.position)`` later goes on from there.
         result: what the call returned, once it ended (None for a stream function).
         resumes: how many times the stream was resumed after a dropped connection.
@@ -74,6 +76,11 @@ class Stream:
             self.held = True
             self.client._hold(self)
         self._wake()
+
+    def start(self, position: int | None) -> None:
+        """The server says where the subscription starts: its items are those after ``position``."""
+        if self.position is None and position is not None:
+            self.position = position
 
     def finish(self, result: Any, error: protocol.ErrorInfo | None) -> None:
         self.done = True

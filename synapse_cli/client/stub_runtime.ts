@@ -266,6 +266,7 @@ export class Connection {
     const stream = this.streams.get(id);
     if (stream !== undefined) {
       if ("item" in message) return stream.push(message.item);
+      if (!("result" in message) && !("error" in message)) return; // {"id", "position"}: where a topic's subscription starts
       this.streams.delete(id);
       return stream.end(errorOf(message.error));
     }
@@ -289,6 +290,7 @@ export class Connection {
   /** A message from the server that is not a reply: a stream's item or end, a notification, or a call to us. */
   private incoming(method: string, message: Message): void {
     const params = (message.params ?? message.args) as { subscription?: unknown; item?: unknown; error?: unknown };
+    if (method === "rpc.start") return; // where a topic's subscription starts: this client does not resume
     if ((method === "rpc.item" || method === "rpc.end") && typeof params?.subscription === "string") {
       const stream = this.subscriptions.get(params.subscription);
       if (stream === undefined) return;

@@ -148,6 +148,18 @@ def encode_item(request_id: Any, dialect: Dialect, subscription: str | None, bod
     return prefix + body + suffix
 
 
+def encode_start(request_id: Any, dialect: Dialect, subscription: str | None, position: int) -> bytes:
+    """Where a subscription to a topic with a history starts, sent before its first item: its items are
+    those after ``position`` (a client whose connection drops before any item resumes from there).
+
+    Native: ``{"id": X, "position": N}``. JSON-RPC: an ``rpc.start`` notification naming the subscription.
+    """
+    if dialect == NATIVE:
+        return b'{"id":' + _id_json(request_id) + b',"position":%d}' % position
+    head = b'{"jsonrpc":"2.0","method":"rpc.start","params":{"subscription":' + orjson.dumps(subscription)
+    return head + b',"position":%d}}' % position
+
+
 def encode_end(subscription: str, error: ErrorInfo | None) -> bytes:
     """The ``rpc.end`` notification that closes a JSON-RPC subscription (``error`` None: it ended well)."""
     params = {"subscription": subscription, "error": None if error is None else error.to_dict()}
@@ -228,19 +240,28 @@ def _error_info(error: Any) -> ErrorInfo:
 
 
 def _stream_event(obj: dict[str, Any]) -> Reply:
-    """A stream's item (native ``{"id", "item"}``, JSON-RPC ``rpc.item``) or end (``rpc.end``)."""
-    if "item" in obj and "id" in obj:
-        return Reply(obj["id"], obj["item"], kind="item", position=_position(obj))
+    """A stream's item (native ``{"id", "item"}``, JSON-RPC ``rpc.item``), start (``{"id", "position"}``,
+    ``rpc.start``: see :func:`encode_start`) or end (``rpc.end``)."""
+    if "id" in obj and "method" not in obj:
+        if "item" in obj:
+            return Reply(obj["id"], obj["item"], kind="item", position=_position(obj))
+        if "position" in obj:
+            return Reply(obj["id"], kind="start", position=_position(obj))
     params = obj.get("params")
     method = obj.get("method")
-    if method not in ("rpc.item", "rpc.end") or type(params) is not dict or type(params.get("subscription")) is not str:
+    if method not in _STREAM_EVENTS or type(params) is not dict or type(params.get("subscription")) is not str:
         raise ValueError("not a reply object")
     if method == "rpc.item":
         return Reply(
             None, params.get("item"), kind="item", subscription=params["subscription"], position=_position(params)
         )
+    if method == "rpc.start":
+        return Reply(None, kind="start", subscription=params["subscription"], position=_position(params))
     error = params.get("error")
     return Reply(None, None, None if error is None else _error_info(error), "end", params["subscription"])
+
+
+_STREAM_EVENTS = ("rpc.item", "rpc.start", "rpc.end")
 
 
 def _position(obj: dict[str, Any]) -> int | None:

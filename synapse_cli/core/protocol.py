@@ -151,9 +151,9 @@ class Reply:
     id: Any
     result: Any = None
     error: ErrorInfo | None = None
-    kind: str = "reply"  # "reply", "item" (``result`` is the item), "end" (of a JSON-RPC stream), "invalid"
+    kind: str = "reply"  # "reply", "item" (``result`` is the item), "start", "end" (JSON-RPC), "invalid"
     subscription: str | None = None
-    position: int | None = None  # an item's place in its topic, when the topic keeps a history
+    position: int | None = None  # an item's place in its topic (a start's: it follows), with a history
 
 
 def _invalid(message: str, request_id: Any = None, dialect: Dialect = JSONRPC) -> Invalid:

@@ -236,6 +236,11 @@ class Session:
         request = self.calls[key].request
         return encoding.item_framing(request.id, request.dialect, self.calls[key].subscription)
 
+    def start_message(self, key: Any, position: int) -> bytes:
+        """Where the subscription ``key`` starts (a topic with a history): sent before its first item."""
+        request = self.calls[key].request
+        return encoding.encode_start(request.id, request.dialect, self.calls[key].subscription, position)
+
     # -- calls to the peer (a Context's call and notify) -------------------------------------------
 
     def send_call(

@@ -14,7 +14,9 @@ for it and the topic never keeps more than ``limit`` items.
 ``registry.topic("prices", history=100)`` keeps the last 100 items (``ttl=``: none older than that):
 each item carries its position (1, 2, 3... per topic) on the wire, and a subscriber that passes
 ``since=<position>`` gets every item after it, then the live ones, with no gap and no duplicate, or
--32006 "history lost" when the topic no longer holds them. By default a topic lives in one process;
+-32006 "history lost" when the topic no longer holds them. Such a subscription is told first where it
+starts (:meth:`Sink.start`: ``since``, or the latest position), so a subscriber that received nothing yet
+can resume too. By default a topic lives in one process;
 with a broker (``--broker redis://...``, :mod:`synapse_cli.server.broker`) a publish reaches the
 subscribers of every process sharing it, and the history lives there.
 """
@@ -68,6 +70,9 @@ class Broker(Protocol):
     async def replay(self, topic: Topic, since: int) -> list[tuple[int, bytes]]:
         """The items of ``topic`` after position ``since`` (position, body); RPCError -32006 when lost."""
 
+    async def latest(self, topic: Topic) -> int:
+        """The latest position of ``topic`` (a topic with a history), the same in every process."""
+
 
 class Sink(Protocol):
     """Where a subscriber's items go: its connection (``server/subscription.py``), or a queue."""
@@ -77,6 +82,9 @@ class Sink(Protocol):
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, when the connection can take more."""
+
+    def start(self, position: int) -> None:
+        """Say where the subscription starts (a topic with a history), before any item: after ``position``."""
 
 
 class Subscriber:
@@ -261,8 +269,10 @@ class Topic:
             return self.open(sink, since)
         await self.broker.ready()
         if since is None:
-            return self.open(sink, None)
-        subscriber = self._attach(sink, self.position + 1)
+            if not self.history:
+                return self.open(sink, None)
+            since = await self.broker.latest(self)  # this process may not have seen the latest yet
+        subscriber = self._attach(sink, self.position + 1, since)
         subscriber.replaying = True  # what arrives meanwhile is kept for it
         try:
             entries = await self.broker.replay(self, since)
@@ -277,13 +287,13 @@ class Topic:
     def open(self, sink: Sink, since: int | None = None) -> Subscriber:
         """Subscribe from this process's own history (no broker); see :meth:`subscribe`."""
         if since is None or since == self.position:
-            subscriber = self._attach(sink, 0)
+            subscriber = self._attach(sink, 0, self.position)
             self.live.add(subscriber)
             return subscriber
         oldest = self.oldest()
         if since > self.position or since + 1 < oldest:
             raise history_lost(self.name, since, oldest, self.position)
-        subscriber = self._attach(sink, since + 1)
+        subscriber = self._attach(sink, since + 1, since)
         self.catch_up(subscriber)
         return subscriber
 
@@ -300,8 +310,11 @@ class Topic:
                 return max(item.position, self.position - self.history + 1)
         return self.position + 1
 
-    def _attach(self, sink: Sink, cursor: int) -> Subscriber:
+    def _attach(self, sink: Sink, cursor: int, start: int) -> Subscriber:
+        """A new subscriber (behind, from ``cursor``, when it is not 0), told first that it starts after ``start``."""
         subscriber = Subscriber(self, sink)
+        if self.history:
+            sink.start(start)
         self.subscribers.add(subscriber)
         if cursor:
             subscriber.cursor = cursor
@@ -402,6 +415,9 @@ class _QueueSink:
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         self._writable = callback
+
+    def start(self, position: int) -> None:
+        pass  # Topic.items yields values alone
 
     async def get(self, subscriber: Subscriber) -> Any:
         while not self.items:

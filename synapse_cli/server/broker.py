@@ -10,7 +10,8 @@ that reconnects to another server resumes there too: one script (atomic) takes t
 (``INCR synapse:position:NAME``), appends the item to the Redis Stream ``synapse:history:NAME``
 (``XADD`` with ``MAXLEN ~ N``, the entry id ``0-<position>``, the Redis clock's milliseconds in ``t``
 for ``ttl``) and publishes ``<position> <json>``. A subscriber with ``since`` is replayed with
-``XRANGE``; positions are the same on every server.
+``XRANGE``; positions are the same on every server, and one without ``since`` starts after the latest
+position Redis holds (``GET``), which it is told first.
 
 When Redis goes away, nothing stops silently: every subscription of the process ends with -32005
 "broker unavailable" (clients subscribe again), ``publish`` raises the same error to its caller, and
@@ -125,6 +126,17 @@ class RedisBroker:
             replay = [(_position(entry_id), fields[b"v"]) for entry_id, fields in first if _fresh(fields, expired)]
         raise history_lost(name, since, replay[0][0] if replay else latest + 1, latest)
         return replay
+
+    async def latest(self, topic: Topic) -> int:
+        """The latest position of ``topic`` in Redis (0 before its first publish); RPCError -32005 when away."""
+        self._start()
+        import redis
+
+        try:
+            latest = await self._client.get(POSITION_PREFIX + topic.name)
+        except (redis.RedisError, OSError) as exc:
+            raise RPCError(f"broker unavailable: {exc}", BROKER_UNAVAILABLE) from None
+        return int(latest or 0)
 
     async def close(self) -> None:
         """Stop listening and close the connection."""

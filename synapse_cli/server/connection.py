@@ -216,9 +216,10 @@ class Connection:
         assert topic is not None
         prefix, suffix = self.session.item_framing(start.key)
         link = self.link
-        sink: Sink = DrainSink(link, prefix, suffix, self.metrics)
+        opening = functools.partial(self.session.start_message, start.key)
+        sink: Sink = DrainSink(link, prefix, suffix, self.metrics, opening)
         if isinstance(link, ItemLink):  # ours: the shared payload is written as it is, at once
-            sink = LinkSink(link, prefix, suffix, self.metrics)
+            sink = LinkSink(link, prefix, suffix, self.metrics, opening)
         subscriber = await topic.subscribe(sink, topic.since_of(start.args, start.kwargs))
         self.subscribers[start.key] = subscriber
         try:

@@ -4,7 +4,8 @@ A publish is encoded once by its :class:`~synapse_cli.core.topics.Topic`; :class
 own prefix and suffix around those bytes (what the session words: ``{"id": X, "item": ...}`` or the
 ``rpc.item`` notification of its subscription) and writes them straight to the connection while it
 takes more, with no queue, no task and no encoding per subscriber. When the connection does not take
-more, the topic keeps the subscriber's place and the link calls it back once it does.
+more, the topic keeps the subscriber's place and the link calls it back once it does. A subscription to
+a topic with a history first gets its *opening*, the message saying the position it starts after.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["DRAIN_EVERY", "DrainSink", "ItemLink", "LinkSink", "PlainLink"]
 
 DRAIN_EVERY = 16  # items a DrainSink writes before it waits for its link to drain
+
+Opening = Callable[[int], bytes]  # the message saying where a subscription starts (Session.start_message)
 
 
 @runtime_checkable
@@ -39,14 +42,15 @@ class ItemLink(Protocol):
 class LinkSink:
     """The :class:`~synapse_cli.core.topics.Sink` of one subscription: its link and its call's framing."""
 
-    __slots__ = ("link", "prefix", "suffix", "metrics", "framing")
+    __slots__ = ("link", "prefix", "suffix", "metrics", "framing", "opening")
 
-    def __init__(self, link: ItemLink, prefix: bytes, suffix: bytes, metrics: Metrics | None) -> None:
+    def __init__(self, link: ItemLink, prefix: bytes, suffix: bytes, metrics: Metrics | None, opening: Opening) -> None:
         self.link = link
         self.prefix = prefix
         self.suffix = suffix
         self.metrics = metrics
         self.framing = len(prefix) + len(suffix)
+        self.opening = opening
 
     def offer(self, payload: bytes) -> bool:
         """Write the item now if the connection takes it; False when it does not (nothing is written)."""
@@ -64,6 +68,10 @@ class LinkSink:
         """Call ``callback`` once the connection takes more."""
         self.link.when_writable(callback)
 
+    def start(self, position: int) -> None:
+        """Write where the subscription starts (before any item: it is written whether or not the peer takes more)."""
+        self.link.write_item(self.opening(position), b"", b"")
+
 
 class PlainLink(Protocol):
     """A link that only writes whole messages and says when it drained (``connection.Link``)."""
@@ -77,13 +85,16 @@ class DrainSink:
     """The sink over a link that is not an :class:`ItemLink` (a mounted ASGI app's): one message per
     item, and no more items while the link drains what it was given."""
 
-    __slots__ = ("link", "prefix", "suffix", "metrics", "_pending", "_draining", "_callbacks")
+    __slots__ = ("link", "prefix", "suffix", "metrics", "opening", "_pending", "_draining", "_callbacks")
 
-    def __init__(self, link: PlainLink, prefix: bytes, suffix: bytes, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, link: PlainLink, prefix: bytes, suffix: bytes, metrics: Metrics | None, opening: Opening
+    ) -> None:
         self.link = link
         self.prefix = prefix
         self.suffix = suffix
         self.metrics = metrics
+        self.opening = opening
         self._pending = 0  # items written since the link last said it drained
         self._draining: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[], None]] = []
@@ -103,6 +114,9 @@ class DrainSink:
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
+
+    def start(self, position: int) -> None:
+        self.link.write(self.opening(position))
 
     async def _drain(self) -> None:
         try:
