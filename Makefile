@@ -29,8 +29,8 @@ serve: $(VENV)/.installed
 	$(BIN)/synapse serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check synapse_cli tests benchmarks examples
-	$(BIN)/ruff format --check synapse_cli tests benchmarks examples
+	$(BIN)/ruff check setup.py synapse_cli tests benchmarks examples
+	$(BIN)/ruff format --check setup.py synapse_cli tests benchmarks examples
 	$(BIN)/mypy
 
 # The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or a page left out of the nav.

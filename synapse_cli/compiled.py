@@ -29,16 +29,22 @@ from types import ModuleType
 __all__ = ["COMPILED", "ENV", "MODULES", "STATUS", "manifest_line", "pure_reason"]
 
 ENV = "SYNAPSE_PURE"
-# The request path: frame codec, message decode, routing and binding, reply encode, the session and
-# its asyncio driver. Every one is fully typed (mypy --strict) and uses no dynamic feature mypyc refuses.
+# The request path: frame codec, message decode, routing and binding, reply encode, the session, its
+# asyncio driver, the WebSocket protocol class and the metrics it counts. Every one is fully typed (mypy
+# --strict) and uses nothing mypyc refuses (async generators: what a topic's subscribers call is made
+# in topics.py; a function websockets binds as a method: server/app.py's select_subprotocol).
 MODULES = (
     "synapse_cli.core.frames",
     "synapse_cli.core.protocol",
     "synapse_cli.core.encoding",
     "synapse_cli.core.outgoing",
     "synapse_cli.core.functions",
+    "synapse_cli.core.registry",
     "synapse_cli.core.session",
     "synapse_cli.server.connection",
+    "synapse_cli.server.item_output",
+    "synapse_cli.server.transport",
+    "synapse_cli.server.metrics",
 )
 _PACKAGE = Path(__file__).resolve().parent
 MANIFEST = _PACKAGE / "compiled.crc32"
