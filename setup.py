@@ -13,9 +13,8 @@ import os
 import runpy
 import sys
 from pathlib import Path
-from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -36,11 +35,12 @@ def say(message: str) -> None:
     print(f"synapse build: {message}", file=sys.stderr)
 
 
-def extensions() -> list[Any]:
-    """mypyc's extension modules for :data:`MODULES`, or none (the pure-Python build)."""
-    if os.environ.get(SELECTOR["ENV"], "") not in ("", "0"):
-        say(f"{SELECTOR['ENV']} is set: pure Python")
-        return []
+def pure_requested() -> bool:
+    return os.environ.get(SELECTOR["ENV"], "") not in ("", "0")
+
+
+def mypyc_extensions() -> list[Extension]:
+    """mypyc's extension modules for :data:`MODULES` (its C generated now), or none: pure Python."""
     try:
         from mypyc.build import mypycify
     except ImportError as error:
@@ -55,7 +55,16 @@ def extensions() -> list[Any]:
 
 
 class BuildExt(build_ext):
-    """Builds the compiled modules and their manifest; builds none, and says so, if any fails."""
+    """Builds the compiled modules and their manifest; builds none, and says so, if any fails.
+
+    mypyc runs here, when extensions are built, not when setup.py is read (pip reads it several times
+    for an install's metadata): until then ``ext_modules`` holds one placeholder.
+    """
+
+    def finalize_options(self) -> None:
+        if self.distribution.ext_modules == PLACEHOLDER:
+            self.distribution.ext_modules = mypyc_extensions()
+        super().finalize_options()
 
     def run(self) -> None:
         if not self.extensions:
@@ -65,17 +74,22 @@ class BuildExt(build_ext):
         except Exception as error:  # CompileError, a missing compiler (OSError, PlatformError, ...)
             for output in self.get_outputs():
                 Path(output).unlink(missing_ok=True)
-            say(f"compiling the request path failed ({type(error).__name__}: {error}): pure Python")
+            reason = str(error).splitlines()[0][:200] if str(error) else ""
+            say(f"compiling the request path failed ({type(error).__name__}: {reason}): pure Python")
             return
-        manifest = Path(self.get_ext_fullpath(SELECTOR["MODULES"][0])).parent.parent / "compiled.crc32"
         lines = [SELECTOR["manifest_line"](module) for module in SELECTOR["MODULES"]]
-        manifest.write_text("\n".join(lines) + "\n")
+        self.manifest().write_text("\n".join(lines) + "\n")
+
+    def manifest(self) -> Path:
+        """Where ``compiled.crc32`` goes: beside the package's extension modules (in place or in the build)."""
+        return Path(self.get_ext_fullpath(SELECTOR["MODULES"][0])).parent.parent / "compiled.crc32"
 
     def get_outputs(self) -> list[str]:
-        outputs = list(super().get_outputs())
-        if self.extensions:
-            outputs.append(str(Path(self.get_ext_fullpath(SELECTOR["MODULES"][0])).parent.parent / "compiled.crc32"))
-        return outputs
+        return [*super().get_outputs(), str(self.manifest())] if self.extensions else []
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
+# The placeholder says the build has extension modules (a platform wheel); SYNAPSE_PURE=1: none at all.
+PLACEHOLDER = [] if pure_requested() else [Extension(SELECTOR["MODULES"][0], sources=[])]
+if pure_requested():
+    say(f"{SELECTOR['ENV']} is set: pure Python")
+setup(ext_modules=PLACEHOLDER, cmdclass={"build_ext": BuildExt})
