@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test lint docs bench venv clean
+.PHONY: serve test test-pure lint docs bench venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,16 +29,21 @@ serve: $(VENV)/.installed
 	$(BIN)/synapse serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check synapse_cli tests benchmarks examples
-	$(BIN)/ruff format --check synapse_cli tests benchmarks examples
+	$(BIN)/ruff check setup.py synapse_cli tests benchmarks examples
+	$(BIN)/ruff format --check setup.py synapse_cli tests benchmarks examples
 	$(BIN)/mypy
 
 # The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or a page left out of the nav.
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
+# The install compiles the request path with mypyc where it can (setup.py); the suite then runs compiled.
 test: lint
 	$(BIN)/python -m pytest
+
+# The same suite on the pure-Python modules (SYNAPSE_PURE=1), as an install without a C compiler runs.
+test-pure: $(VENV)/.installed-dev
+	SYNAPSE_PURE=1 $(BIN)/python -m pytest
 
 # Speed, measured against references in the same run (never in timed unit tests): see benchmarks/README.md.
 bench: $(VENV)/.installed-dev
@@ -46,4 +51,5 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache build *.egg-info *.so synapse_cli/compiled.crc32
+	find synapse_cli -name '*.so' -delete

@@ -19,6 +19,9 @@ printed: < 1 is cheaper now.
 
 Needs valgrind (Debian package `valgrind`); each count takes 20-60 s, as the code runs about 50x slower
 under callgrind. `--per-read 1` is the sequential case (one request per read, one write per reply).
+`--loop uvloop` (the default) runs the protocol under uvloop, as `synapse serve` does; `--loop asyncio`
+under asyncio's own event loop, whose Python then counts too (issue 10's and 19's figures were taken so).
+A checkout built with its compiled modules counts compiled: `SYNAPSE_PURE=1` counts its Python.
 """
 
 from __future__ import annotations
@@ -111,9 +114,9 @@ async def serve(shape: str, requests: int, per_read: int, build_only: bool) -> N
         raise SystemExit(f"only {transport.written - before} bytes of replies for {requests} requests")
 
 
-def count(code: Path, shape: str, requests: int, per_read: int, build_only: bool) -> int:
+def count(code: Path, shape: str, requests: int, per_read: int, build_only: bool, loop: str) -> int:
     """Instructions callgrind counts for one child run."""
-    command = [sys.executable, __file__, "--child", str(code), shape, str(requests), str(per_read)]
+    command = [sys.executable, __file__, "--child", str(code), shape, str(requests), str(per_read), loop]
     if build_only:
         command.append("build-only")
     result = subprocess.run(
@@ -128,9 +131,9 @@ def count(code: Path, shape: str, requests: int, per_read: int, build_only: bool
     return int(found.group(1))
 
 
-def per_request(code: Path, shape: str, requests: int, per_read: int) -> float:
-    served = count(code, shape, requests, per_read, build_only=False)
-    built = count(code, shape, requests, per_read, build_only=True)
+def per_request(code: Path, shape: str, requests: int, per_read: int, loop: str) -> float:
+    served = count(code, shape, requests, per_read, False, loop)
+    built = count(code, shape, requests, per_read, True, loop)
     return (served - built) / requests
 
 
@@ -140,28 +143,42 @@ def main() -> None:
     parser.add_argument("--per-read", nargs="+", type=int, default=[14, 1], help="frames per read (default: 14 1)")
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--baseline", type=Path, help="an older checkout: the directory holding its synapse_cli")
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the event loop: uvloop, as `synapse serve` runs (default), or asyncio's own, in Python",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions.py needs valgrind (Debian: apt-get install valgrind)")
     codes = [("--baseline code", args.baseline.resolve())] if args.baseline is not None else []
     codes.append(("synapse (this checkout)", HERE.parent))
-    print(f"instructions per request, callgrind, {args.requests:,} requests per count; ratio: to the baseline")
+    print(
+        f"instructions per request, callgrind, {args.requests:,} requests per count, {args.loop} event loop; "
+        "ratio: to the baseline"
+    )
     print(f"{'shape':<9}{'frames/read':>12}  {'code':<26}{'instructions':>14}{'ratio':>8}")
     for shape in args.shapes:
         for per_read in args.per_read:
             reference = None
             for name, code in codes:
-                value = per_request(code, shape, args.requests, per_read)
+                value = per_request(code, shape, args.requests, per_read, args.loop)
                 reference = reference or value
                 ratio = f"{value / reference:.3f}" if args.baseline is not None else "-"
                 print(f"{shape:<9}{per_read:>12}  {name:<26}{value:>14,.0f}{ratio:>8}", flush=True)
 
 
 def child(argv: list[str]) -> None:
-    code, shape, requests, per_read = argv[0], argv[1], int(argv[2]), int(argv[3])
+    code, shape, requests, per_read, loop = argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4]
     sys.path.insert(0, code)
     os.chdir(code)
-    asyncio.run(serve(shape, requests, per_read, build_only=len(argv) > 4))
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(shape, requests, per_read, build_only=len(argv) > 5))
+    else:
+        asyncio.run(serve(shape, requests, per_read, build_only=len(argv) > 5))
 
 
 if __name__ == "__main__":

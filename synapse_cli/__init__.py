@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from synapse_cli import compiled  # noqa: F401  first: it decides whether the compiled modules run
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -7,6 +7,7 @@ function, under ``TYPE_CHECKING``): a lazy import still ties the layers together
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "synapse_cli"
 
 # Which parts each part may import (itself included). The package root (``synapse_cli/__init__.py``,
-# ``__version__`` and the lazy public names) holds no logic and may be imported from anywhere.
+# ``__version__`` and the lazy public names) holds no logic and may be imported from anywhere; beside it,
+# ``compiled.py`` (which modules run compiled) runs first and imports nothing but the standard library.
 ALLOWED = {
     "core": {"core"},
     "server": {"core", "server"},
@@ -76,9 +78,15 @@ def source(path: Path) -> tuple[str, str]:
 
 
 def test_every_part_is_a_package() -> None:
-    """Each part of the rule is a subpackage, and no module stands outside one but the root's two."""
+    """Each part of the rule is a subpackage, and no module stands outside one but the root's three."""
     assert {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()} == set(ALLOWED)
-    assert {path.name for path in PACKAGE.glob("*.py")} == {"__init__.py", "__main__.py"}
+    assert {path.name for path in PACKAGE.glob("*.py")} == {"__init__.py", "__main__.py", "compiled.py"}
+
+
+def test_the_compiled_selector_imports_only_the_standard_library() -> None:
+    """compiled.py runs before any part is imported (and setup.py runs it with none installed)."""
+    imported = {module.split(".")[0] for _, module in imported_modules(*source(PACKAGE / "compiled.py"))}
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda path: path.relative_to(PACKAGE).as_posix())
@@ -113,7 +121,11 @@ def test_relative_and_root_imports_are_resolved() -> None:
 
 
 def test_the_root_imports_nothing_eagerly() -> None:
-    """``synapse_cli/__init__.py`` imports its public names only when asked (``synapse call`` stays lazy)."""
+    """``synapse_cli/__init__.py`` imports its public names only when asked (``synapse call`` stays lazy):
+    eagerly only the selector of compiled modules, which must run before any of them is imported."""
     tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
-    eager = [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
-    assert eager == ["__future__", "typing"]
+    eager = [
+        (node.module, [alias.name for alias in node.names]) for node in tree.body if isinstance(node, ast.ImportFrom)
+    ]
+    assert [module for module, _ in eager] == ["__future__", "typing", "synapse_cli"]
+    assert eager[2] == ("synapse_cli", ["compiled"])

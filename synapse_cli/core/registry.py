@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Annotated, Any, Final, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 import orjson
-from pydantic import Field, NonNegativeInt
 
 from synapse_cli.core.context import Requires, checks_of
 from synapse_cli.core.errors import RPCError
@@ -26,11 +25,6 @@ from synapse_cli.core.topics import Topic
 __all__ = ["Function", "Registry", "error_from_exception"]
 
 logger = logging.getLogger("synapse.calls")
-# The parameter of a topic with a history (its schema's description is what /docs shows beside the field).
-Since = Annotated[
-    NonNegativeInt | None,
-    Field(description="The position of the last item received: the kept items after it come first (none: from now)."),
-]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -89,23 +83,14 @@ class Registry:
                 function's result), once per publish, and ``list`` shows its schema.
         """
         topic = Topic(name, history=history, ttl=ttl)  # ValueError for a history or ttl that cannot be
+        subscribe = topic.stream_function()
         if history:
-
-            async def subscribe(since: Since = None) -> AsyncIterator[Any]:
-                async for value in topic.items(since):
-                    yield value
-
             kept = f"the last {history} items" + (f" of at most {ttl:g} s" if ttl is not None else "")
             default = (
                 f"Every value published to the topic {name!r}, as it is published; since=N first sends the kept "
                 f"ones after position N ({kept} are kept)."
             )
         else:
-
-            async def subscribe() -> AsyncIterator[Any]:  # type: ignore[misc]
-                async for value in topic.items():
-                    yield value
-
             default = f"Every value published to the topic {name!r}, as it is published."
         subscribe.__annotations__["return"] = AsyncIterator[item]  # the items' type: encoder and schema
         subscribe.__doc__ = description or default

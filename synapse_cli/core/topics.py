@@ -28,14 +28,21 @@ import collections
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import orjson
+from pydantic import Field, NonNegativeInt
 
 from synapse_cli.core.encoding import dump_json
 from synapse_cli.core.errors import RPCError
 from synapse_cli.core.protocol import HISTORY_LOST, SUBSCRIBER_TOO_SLOW
 from synapse_cli.core.settings import DEFAULT_SUBSCRIBER_QUEUE
+
+# The parameter of a topic with a history (its schema's description is what /docs shows beside the field).
+Since = Annotated[
+    NonNegativeInt | None,
+    Field(description="The position of the last item received: the kept items after it come first (none: from now)."),
+]
 
 __all__ = ["DEFAULT_SUBSCRIBER_QUEUE", "Broker", "Published", "Sink", "Subscriber", "Topic", "history_lost"]
 
@@ -373,6 +380,27 @@ class Topic:
         if subscriber in self.behind:
             self.behind.discard(subscriber)
             self._trim()
+
+    def stream_function(self) -> Callable[..., AsyncIterator[Any]]:
+        """The stream function a subscriber calls (``since=`` when the topic keeps a history).
+
+        Made here, not in the (compiled) registry: pydantic reads its signature, and it is an async
+        generator, which mypyc does not compile.
+        """
+        topic = self
+        if self.history:
+
+            async def subscribe(since: Since = None) -> AsyncIterator[Any]:
+                async for value in topic.items(since):
+                    yield value
+
+            return subscribe
+
+        async def subscribe_live() -> AsyncIterator[Any]:
+            async for value in topic.items():
+                yield value
+
+        return subscribe_live
 
     async def items(self, since: int | None = None) -> AsyncIterator[Any]:
         """One subscription in this process: every value published from now on (or after ``since``)."""

@@ -17,7 +17,9 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from websockets.typing import Subprotocol
 
 from synapse_cli.core.context import Caller, Headers
 from synapse_cli.core.errors import RPCError
@@ -28,6 +30,9 @@ from synapse_cli.server.broker import RedisBroker
 from synapse_cli.server.connection import Connection, Link
 from synapse_cli.server.metrics import Metrics
 from synapse_cli.server.tokens import BEARER_PREFIX, Tokens
+
+if TYPE_CHECKING:
+    from websockets.server import ServerProtocol
 
 __all__ = [
     "DEFAULT_HOST",
@@ -185,6 +190,15 @@ def text_headers(scope: Scope) -> list[tuple[str, str]]:
 
 
 SUBPROTOCOL = "synapse.v1"
+
+
+def select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``synapse.v1`` when offered (a browser sending its token as ``bearer.…``), never the token itself.
+
+    websockets' ``ServerProtocol(select_subprotocol=)`` binds it as a method: a plain Python function
+    here, as the compiled transport's own functions cannot be bound.
+    """
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 def create_app(registry: Registry, settings: Settings | None = None, *, version: str = "0") -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from mypy_extensions import mypyc_attr
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -23,6 +24,7 @@ FLUSH_AT = 16 * 1024  # bytes of replies or stream items held for one write befo
 _OPEN = State.OPEN
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ItemOutput:
     """The item-writing half of the WebSocket protocol class (its attributes are set by that class)."""
 

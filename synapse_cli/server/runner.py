@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from synapse_cli import __version__
+from synapse_cli import __version__, compiled
 from synapse_cli.core.registry import Registry
 from synapse_cli.server.app import Settings, bind_sockets, create_app
 from synapse_cli.server.builtins import default_registry
@@ -148,6 +148,7 @@ def _uvicorn_server(registry: Registry, settings: Settings, version: str) -> Any
         server_header=False,
         timeout_graceful_shutdown=math.ceil(settings.grace + CLOSE_GRACE + CLOSE_TIMEOUT + 1),
     )
+    logger.debug("request path: %s", compiled.STATUS)  # after Config: it applied the log config
     return uvicorn.Server(config)
 
 

@@ -21,18 +21,18 @@ import codecs
 import itertools
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+from mypy_extensions import mypyc_attr
 from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
 
 from synapse_cli.core.frames import OP_CLOSE, OP_TEXT, Frame, FrameError, FrameReader, text_header
-from synapse_cli.server.app import SUBPROTOCOL
+from synapse_cli.server.app import select_subprotocol
 from synapse_cli.server.connection import CLOSE_GRACE, Connection
 from synapse_cli.server.item_output import FLUSH_AT, ItemOutput
 from synapse_cli.server.logs import SafeLogFilter
@@ -67,10 +67,13 @@ _numbers = itertools.count(1)
 _UTF8Decoder = codecs.getincrementaldecoder("utf-8")  # strict: refuses what can never be UTF-8 as soon as it arrives
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _WebSocket(ItemOutput):
     """One WebSocket connection under uvicorn: handshake, frames, flow control, close, drain."""
 
-    state: ServerState  # set on the class :func:`websocket_protocol` makes
+    state: ServerState
+    server: ClassVar[ServerState]  # on the class :func:`websocket_protocol` makes for one server
+    topic_flushes: ClassVar[list[ItemOutput]]  # the same: its connections with topic items to flush
 
     def __init__(
         self,
@@ -79,11 +82,14 @@ class _WebSocket(ItemOutput):
         app_state: dict[str, Any] | None = None,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        made = type(self)  # the class websocket_protocol made for one server: it carries that server's state
+        self.state = made.server
+        self._dirty = made.topic_flushes
         settings = self.state.settings
         self.server_state = server_state  # uvicorn's: its shutdown calls our ``shutdown``
         self.loop = _loop or asyncio.get_running_loop()
         self.ws = ServerProtocol(
-            select_subprotocol=_select_subprotocol, max_size=settings.max_message_size, logger=wire_logger
+            select_subprotocol=select_subprotocol, max_size=settings.max_message_size, logger=wire_logger
         )
         self.reader = FrameReader(masked=True, max_size=settings.max_message_size)
         self.transport: asyncio.Transport | None = None
@@ -222,8 +228,16 @@ class _WebSocket(ItemOutput):
 
     # -- frames in ---------------------------------------------------------------------------------
 
+    def _read_waits(self) -> bool:
+        """Part of a read still waits for a later turn (frames split off, or bytes not split yet).
+
+        A method, not the test written out: after ``self._waiting = None`` mypy takes the attribute to
+        stay None across the calls that set it again, and mypyc compiles that belief in.
+        """
+        return self._waiting is not None or self._unparsed is not None
+
     def _frames(self, data: bytes) -> None:
-        if self._waiting is not None or self._unparsed is not None:  # delivered while paused: keep the order
+        if self._read_waits():  # delivered while paused: keep the order
             self._unparsed = memoryview(bytes(self._unparsed or b"") + data)
             return
         self._parse(data)
@@ -277,7 +291,7 @@ class _WebSocket(ItemOutput):
         elif unparsed is not None:
             self._parse(unparsed)
         self._end_turn()
-        if self._waiting is None and self._unparsed is None:
+        if not self._read_waits():
             self._take_turn()
 
     def _process(self, frames: list[Frame]) -> None:
@@ -414,7 +428,7 @@ class _WebSocket(ItemOutput):
         """Write what this turn (or loop iteration) answered; while input of the same read still waits
         for its next turn, hold up to ``FLUSH_AT`` bytes so that a pipelining peer's replies leave in
         a few large writes, not one per turn."""
-        if (self._waiting is None and self._unparsed is None) or self._out_size >= FLUSH_AT or self._closing:
+        if not self._read_waits() or self._out_size >= FLUSH_AT or self._closing:
             self._flush()
         else:
             self._flush_soon = False
@@ -479,11 +493,6 @@ class _WebSocket(ItemOutput):
             self._flush()
 
 
-def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """``synapse.v1`` when offered (a browser sending its token as ``bearer.…``), never the token itself."""
-    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
-
-
 def websocket_protocol(state: ServerState) -> type[asyncio.Protocol]:
     """The class for ``uvicorn.Config(ws=...)``: our WebSocket protocol, serving ``state``."""
-    return type("SynapseWebSocket", (_WebSocket, asyncio.Protocol), {"state": state, "_dirty": []})
+    return type("SynapseWebSocket", (_WebSocket, asyncio.Protocol), {"server": state, "topic_flushes": []})
