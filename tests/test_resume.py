@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,23 +130,30 @@ async def test_resume_after_20_drops_receives_exactly_every_item_in_order() -> N
     assert resumes == 20 and proxy.accepted == 21
 
 
-@pytest.mark.slow
-async def test_resume_moves_to_another_server_through_redis_and_misses_nothing() -> None:
-    """Two servers sharing a redis-server: each reconnect lands on the other server, which replays from the
-    Redis history: 20 drops, exactly 0..9,999 in order."""
+@contextlib.asynccontextmanager
+async def _two_servers_through_redis() -> AsyncIterator[tuple[str, Any, Any, list[Any], Proxy]]:
+    """Two resume servers sharing a fresh redis-server, behind a proxy that moves each reconnect to the
+    other: the proxy's URL, the two servers, their ``counter`` topics and the proxy."""
     port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"
     with redis_server(port), resume_server(broker=broker) as one, resume_server(broker=broker) as two:
         proxy = Proxy([one.port, two.port])
         url = await proxy.start()
-        topics = [server.state.registry.topics["counter"] for server in (one, two)]
         try:
-            started = time.monotonic()
-            got, resumes = await _received_with_drops(
-                url, one.url, lambda: sum(len(t.subscribers) for t in topics) == 1, proxy
-            )
+            yield url, one, two, [server.state.registry.topics["counter"] for server in (one, two)], proxy
         finally:
             await proxy.close()
+
+
+@pytest.mark.slow
+async def test_resume_moves_to_another_server_through_redis_and_misses_nothing() -> None:
+    """Two servers sharing a redis-server: each reconnect lands on the other server, which replays from the
+    Redis history: 20 drops, exactly 0..9,999 in order."""
+    async with _two_servers_through_redis() as (url, one, _, topics, proxy):
+        started = time.monotonic()
+        got, resumes = await _received_with_drops(
+            url, one.url, lambda: sum(len(t.subscribers) for t in topics) == 1, proxy
+        )
     print(f"\n[resume] through Redis: {resumes} resumes over 2 servers, {time.monotonic() - started:.1f} s")
     assert got == list(range(10_000))
     assert resumes == 20 and proxy.accepted == 21
@@ -192,18 +199,10 @@ async def test_a_drop_before_the_first_item_resumes_from_where_the_subscription_
 async def test_a_drop_before_the_first_item_resumes_on_another_server_through_redis() -> None:
     """As above, the reconnect landing on a second server sharing the redis-server: the start it was told
     (Redis's latest position, 100) holds there, and it receives exactly 100..199 in order."""
-    port = free_port()
-    broker = f"redis://127.0.0.1:{port}/0"
-    with redis_server(port), resume_server(broker=broker) as one, resume_server(broker=broker) as two:
-        proxy = Proxy([one.port, two.port])
-        url = await proxy.start()
-        topics = [server.state.registry.topics["counter"] for server in (one, two)]
-        try:
-            got, resumes, started = await _resumed_before_the_first_item(
-                url, two.url, lambda: len(topics[0].subscribers) == 1, proxy
-            )
-        finally:
-            await proxy.close()
+    async with _two_servers_through_redis() as (url, _, two, topics, proxy):
+        got, resumes, started = await _resumed_before_the_first_item(
+            url, two.url, lambda: len(topics[0].subscribers) == 1, proxy
+        )
     assert (started, resumes, proxy.accepted) == (100, 1, 2)
     assert got == list(range(100, 200))
 
