@@ -19,9 +19,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
 	touch $(VENV)/.installed $@
 
+# With the test and lint extras too: each install builds (compiles) the package, so one install serves
+# `make docs` and `make test` alike (.ci/run runs both).
 $(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[docs]"
-	touch $(VENV)/.installed $@
+	$(BIN)/python -m pip install --quiet -e ".[docs,test,lint]"
+	touch $(VENV)/.installed $(VENV)/.installed-dev $@
 
 venv: $(VENV)/.installed
 
