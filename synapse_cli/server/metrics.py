@@ -24,7 +24,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE_LATEST", "MULTIPROCESS_ENV", "Metrics"]
@@ -176,7 +175,10 @@ def _count(items: Any) -> int:
     return len(items)
 
 
-class _TallyCollector(Collector):
+# The collectors below are prometheus_client collectors by shape (its ``Collector`` is a Protocol): they
+# do not derive from it, since this module is compiled and a mypyc class deriving from a Protocol breaks
+# attribute lookup at run time (``SystemError`` in ``registry.register``).
+class _TallyCollector:
     """Turns a process's tallies into Prometheus families at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -211,7 +213,7 @@ class _TallyCollector(Collector):
         return iter(())  # families are known only at scrape time
 
 
-class _Families(Collector):
+class _Families:
     """Families built already (the whole server's, read from every worker's files)."""
 
     def __init__(self, families: list[Metric]) -> None:
