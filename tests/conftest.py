@@ -158,8 +158,11 @@ class ServeProcess:
 
 
 def clean_env() -> dict[str, str]:
-    """The environment for ``synapse serve``: no inherited URL or token, no colours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_")}
+    """The environment for ``synapse serve``: no inherited URL or token, no colours.
+
+    SYNAPSE_PURE stays: under ``make test-pure`` the subprocesses run the pure-Python modules too.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_") or k == "SYNAPSE_PURE"}
     env.update({"NO_COLOR": "1", "COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
     return env
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningServer, load_app, synapse_executable
+from conftest import RunningServer, clean_env, load_app, synapse_executable
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import WebSocketException
@@ -137,9 +136,12 @@ def _serve_command(port: int) -> list[str]:
 @contextlib.contextmanager
 def serve_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
     """``synapse serve --port PORT`` as a real process; killed (SIGKILL) at the end if still running."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_")}
     process = subprocess.Popen(
-        _serve_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=Path(__file__).parent
+        _serve_command(port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+        cwd=Path(__file__).parent,
     )
     try:
         yield process
