@@ -22,6 +22,12 @@ under callgrind. `--per-read 1` is the sequential case (one request per read, on
 `--loop uvloop` (the default) runs the protocol under uvloop, as `synapse serve` does; `--loop asyncio`
 under asyncio's own event loop, whose Python then counts too (issue 10's and 19's figures were taken so).
 A checkout built with its compiled modules counts compiled: `SYNAPSE_PURE=1` counts its Python.
+
+`--steps` counts the compiled request path one step at a time: this checkout's Python (SYNAPSE_PURE=1),
+then copies of it built with mypyc (`setup.py build_ext --inplace`, in a temporary directory) compiling
+the modules of `synapse_cli/compiled.py` cumulatively, group by group (frames; message decode and reply
+encode; routing, binding and the session; the WebSocket protocol class; metrics): what each step saves.
+Each build takes 20-90 s and needs mypy (the lint extra) in this interpreter.
 """
 
 from __future__ import annotations
@@ -34,9 +40,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from synapse_cli import compiled  # noqa: E402  (this checkout's list, whatever is installed)
+
 FORMATS = {
     "seed": '{"id": "%d", "op": "call", "func": "add_numbers", "args": [1, 2]}',
     "jsonrpc": '{"jsonrpc": "2.0", "id": %d, "method": "add_numbers", "params": [1, 2]}',
@@ -114,16 +124,58 @@ async def serve(shape: str, requests: int, per_read: int, build_only: bool) -> N
         raise SystemExit(f"only {transport.written - before} bytes of replies for {requests} requests")
 
 
-def count(code: Path, shape: str, requests: int, per_read: int, build_only: bool, loop: str) -> int:
+# --steps: the modules of compiled.MODULES, compiled cumulatively in these groups (each a step).
+STEPS = (
+    ("frames", ("core.frames",)),
+    ("+ decode, encode", ("core.protocol", "core.encoding", "core.outgoing")),
+    ("+ route, bind, session", ("core.functions", "core.registry", "core.session")),
+    ("+ protocol class", ("server.connection", "server.item_output", "server.transport")),
+    ("+ metrics", ("server.metrics",)),
+)
+PURE = {"SYNAPSE_PURE": "1"}
+
+
+def build_step(modules: list[str], directory: Path) -> Path:
+    """A copy of this checkout in ``directory`` with only ``modules`` compiled (built in place)."""
+    root = HERE.parent
+    shutil.copytree(
+        root / "synapse_cli", directory / "synapse_cli", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(root / name, directory / name)
+    (directory / "synapse_cli" / "compiled.crc32").unlink(missing_ok=True)
+    selector = directory / "synapse_cli" / "compiled.py"
+    text = selector.read_text()
+    start, end = text.index("MODULES = ("), text.index(")\n", text.index("MODULES = ("))
+    listed = "".join(f'    "synapse_cli.{module}",\n' for module in modules)
+    selector.write_text(text[:start] + "MODULES = (\n" + listed + text[end:])
+    env = {key: value for key, value in os.environ.items() if key != "SYNAPSE_PURE"}
+    built = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0 or not (directory / "synapse_cli" / "compiled.crc32").exists():
+        raise SystemExit(f"building {modules} failed: {(built.stdout + built.stderr)[-800:]}")
+    return directory
+
+
+def count(
+    code: Path, shape: str, requests: int, per_read: int, build_only: bool, loop: str, env: dict[str, str]
+) -> int:
     """Instructions callgrind counts for one child run."""
     command = [sys.executable, __file__, "--child", str(code), shape, str(requests), str(per_read), loop]
     if build_only:
         command.append("build-only")
+    environ = {key: value for key, value in os.environ.items() if key != "SYNAPSE_PURE"}
     result = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
         capture_output=True,
         text=True,
         check=False,
+        env={**environ, **env},
     )
     found = re.search(r"Collected : (\d+)", result.stderr)
     if result.returncode != 0 or found is None:
@@ -131,9 +183,9 @@ def count(code: Path, shape: str, requests: int, per_read: int, build_only: bool
     return int(found.group(1))
 
 
-def per_request(code: Path, shape: str, requests: int, per_read: int, loop: str) -> float:
-    served = count(code, shape, requests, per_read, False, loop)
-    built = count(code, shape, requests, per_read, True, loop)
+def per_request(code: Path, shape: str, requests: int, per_read: int, loop: str, env: dict[str, str]) -> float:
+    served = count(code, shape, requests, per_read, False, loop, env)
+    built = count(code, shape, requests, per_read, True, loop, env)
     return (served - built) / requests
 
 
@@ -149,24 +201,38 @@ def main() -> None:
         default="uvloop",
         help="the event loop: uvloop, as `synapse serve` runs (default), or asyncio's own, in Python",
     )
+    parser.add_argument("--steps", action="store_true", help="count the compiled path step by step (see above)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions.py needs valgrind (Debian: apt-get install valgrind)")
-    codes = [("--baseline code", args.baseline.resolve())] if args.baseline is not None else []
-    codes.append(("synapse (this checkout)", HERE.parent))
-    print(
-        f"instructions per request, callgrind, {args.requests:,} requests per count, {args.loop} event loop; "
-        "ratio: to the baseline"
-    )
-    print(f"{'shape':<9}{'frames/read':>12}  {'code':<26}{'instructions':>14}{'ratio':>8}")
-    for shape in args.shapes:
-        for per_read in args.per_read:
-            reference = None
-            for name, code in codes:
-                value = per_request(code, shape, args.requests, per_read, args.loop)
-                reference = reference or value
-                ratio = f"{value / reference:.3f}" if args.baseline is not None else "-"
-                print(f"{shape:<9}{per_read:>12}  {name:<26}{value:>14,.0f}{ratio:>8}", flush=True)
+    codes: list[tuple[str, Path, dict[str, str]]] = []
+    if args.baseline is not None:
+        codes.append(("--baseline code", args.baseline.resolve(), {}))
+    with tempfile.TemporaryDirectory(prefix="synapse-steps-") as scratch:
+        if args.steps:
+            codes.append(("pure Python", HERE.parent, PURE))
+            modules: list[str] = []
+            grouped = [f"synapse_cli.{module}" for _, group in STEPS for module in group]
+            assert sorted(grouped) == sorted(compiled.MODULES), "STEPS must name each of compiled.MODULES once"
+            for index, (name, group) in enumerate(STEPS):
+                modules += group
+                print(f"building step {index + 1}/{len(STEPS)} ({name}) ...", file=sys.stderr, flush=True)
+                codes.append((name, build_step(modules, Path(scratch) / f"step{index}"), {}))
+        else:
+            codes.append(("synapse (this checkout)", HERE.parent, {}))
+        print(
+            f"instructions per request, callgrind, {args.requests:,} requests per count, {args.loop} event loop; "
+            "ratio: to the first row"
+        )
+        print(f"{'shape':<9}{'frames/read':>12}  {'code':<26}{'instructions':>14}{'ratio':>8}")
+        for shape in args.shapes:
+            for per_read in args.per_read:
+                reference = None
+                for name, code, env in codes:
+                    value = per_request(code, shape, args.requests, per_read, args.loop, env)
+                    reference = reference or value
+                    ratio = f"{value / reference:.3f}" if len(codes) > 1 else "-"
+                    print(f"{shape:<9}{per_read:>12}  {name:<26}{value:>14,.0f}{ratio:>8}", flush=True)
 
 
 def child(argv: list[str]) -> None:

@@ -4,9 +4,9 @@ Made so that the generator costs far less CPU per call than the server (benchmar
 cores for the server's workers). Each connection does its own handshake by hand, then keeps --window
 calls in flight: it starts with a full window and sends a block of --block pre-built masked frames
 whenever that many replies came back. The frames are the real messages, every one with its own id
-within a connection (a cycle of 4 x window ids, so no id is reused while in flight: SPEC's
-"duplicate id"):
-  * seed:    {"id": "17", "op": "call", "func": "add_numbers", "args": [1, 2]} with string ids "0", "1", ...
+within a connection (a cycle of 4 x window ids from 1, so no id is reused while in flight: SPEC's
+"duplicate id"; and none is 0, which npm rpc-websockets never answers, taking it for a notification):
+  * seed:    {"id": "17", "op": "call", "func": "add_numbers", "args": [1, 2]} with string ids "1", "2", ...
   * jsonrpc: {"jsonrpc": "2.0", "id": 17, "method": "add_numbers", "params": [1, 2]} with number ids.
   * burn:    {"id": "17", "func": "burn", "args": [1]} (benchmarks/apps/cpu_app.py) with string ids.
 Replies are counted with ``bytes.count`` of a marker that appears once per successful reply
@@ -66,7 +66,8 @@ def blocks(shape: str, window: int, block: int) -> list[bytes]:
     """The cycle of frames a connection sends, ``block`` frames to a bytes: 4 x window distinct ids."""
     template = SHAPES[shape][0]
     count = 4 * window
-    frames = [frame(template.format(index)) for index in range(count)]
+    # ids from 1: npm rpc-websockets takes a call with id 0 for a notification (a falsy id) and never answers it
+    frames = [frame(template.format(index)) for index in range(1, count + 1)]
     return [b"".join(frames[start : start + block]) for start in range(0, count, block)]
 
 

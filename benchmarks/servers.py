@@ -25,12 +25,17 @@ and a server well under 1.00 while the generator is too shared its core with som
 second of the server's CPU time (and their ratio) are what each call costs the server whoever else runs on
 the machine: read them when the CPU shares show that the machine was busy.
 
+With --generator raw the load comes from benchmarks/rawload.py instead (raw sockets and epoll, pre-built
+masked frames, replies counted, not parsed: about a fifth of the Node generator's CPU per call), for the
+seed and JSON-RPC shapes: the Node generator is the bound of the pipelined loads once the server is fast
+(its CPU share near 1.00), and this one is not. The table says which generator measured.
+
 With --baseline DIR (a checkout of older synapse code, e.g. `git archive COMMIT synapse_cli | tar -x -C DIR`),
 that code's `synapse serve` (python -m synapse_cli, DIR first on PYTHONPATH, this environment's dependencies)
 runs next to this one in every comparison: before and after in one run, which a shared machine needs.
 
     (cd benchmarks/node && npm install) && python benchmarks/servers.py [--seconds 3] [--repeat 3] [--shapes ...]
-        [--baseline DIR]
+        [--generator node|raw] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -275,6 +280,24 @@ def load(
     return Run(float(result["calls_per_s"]), float(result["cpu"]), server_cpu)
 
 
+def load_raw(url: str, connections: int, window: int, seconds: float, shape: str, server_pid: int) -> Run:
+    """One benchmarks/rawload.py run (pinned to core 1), the server's CPU share read over its measured seconds."""
+    start_at = time.time() + 1.0  # the connections open and warm up before it
+    command = [*pinned(1), sys.executable, str(HERE / "rawload.py"), url, "--connections", str(connections),
+               "--window", str(window), "--block", str(min(16, window)), "--seconds", str(seconds),
+               "--start-at", repr(start_at), "--shape", shape]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as generator:
+        time.sleep(max(0.0, start_at - time.time()))
+        began = time.perf_counter(), cpu_seconds(server_pid)
+        time.sleep(max(0.0, start_at + seconds - time.time()))
+        server_cpu = (cpu_seconds(server_pid) - began[1]) / (time.perf_counter() - began[0])
+        out, _ = generator.communicate(timeout=seconds + 60)
+    if generator.returncode != 0:
+        raise SystemExit(f"rawload.py failed ({generator.returncode}) against {url}: {out.strip()[-500:]}")
+    result = json.loads(out.splitlines()[-1])
+    return Run(result["calls"] / result["interval"], result["cpu"] / result["interval"], server_cpu)
+
+
 def generate(
     node: str, url: str, connections: int, window: int, seconds: float, core: int | None = 1, body: str | None = None
 ) -> float:
@@ -290,7 +313,11 @@ def with_baseline(shape: Shape, baseline: Path | None) -> tuple[str, ...]:
 
 
 def measure(
-    seconds: float = 3.0, repeat: int = 3, shapes: tuple[str, ...] = tuple(SHAPES), baseline: Path | None = None
+    seconds: float = 3.0,
+    repeat: int = 3,
+    shapes: tuple[str, ...] = tuple(SHAPES),
+    baseline: Path | None = None,
+    generator: str = "node",
 ) -> list[Row]:
     """All servers up at once (core 0), loaded in turn by the Node generator (core 1), round after round.
 
@@ -299,6 +326,8 @@ def measure(
     With ``baseline`` (a checkout of older synapse code), its synapse serve runs next to this one.
     """
     node = find_node()
+    if generator == "raw" and "three-key" in shapes:
+        raise SystemExit("--generator raw sends the seed and JSON-RPC shapes only: add --shapes seed jsonrpc")
     if baseline is not None and not (baseline / "synapse_cli" / "__init__.py").exists():
         raise SystemExit(f"--baseline {baseline}: no synapse_cli/ there")
     lineup = {shape: with_baseline(SHAPES[shape], baseline) for shape in shapes}
@@ -320,8 +349,11 @@ def measure(
                 shape = SHAPES[row.shape]
                 connections, window = row.load
                 pid = processes[row.name].pid
-                run = load(node, urls[row.name], connections, window, seconds, body=shape.body, ids=shape.ids,
-                           server_pid=pid)  # fmt: skip
+                if generator == "raw":
+                    run = load_raw(urls[row.name], connections, window, seconds, row.shape, pid)
+                else:
+                    run = load(node, urls[row.name], connections, window, seconds, body=shape.body, ids=shape.ids,
+                               server_pid=pid)  # fmt: skip
                 row.runs.append(run)
     finally:
         for process in processes.values():
@@ -334,8 +366,9 @@ def find(rows: list[Row], shape: str, load_: tuple[int, int], name: str) -> Row:
     return next(row for row in rows if (row.shape, row.load, row.name) == (shape, load_, name))
 
 
-def print_table(rows: list[Row], seconds: float, repeat: int) -> None:
-    print(f"Node ws generator on core 1, servers on core 0; median of {repeat} rounds x {seconds:g} s")
+def print_table(rows: list[Row], seconds: float, repeat: int, generator: str = "node") -> None:
+    made_by = "benchmarks/rawload.py" if generator == "raw" else "Node ws"
+    print(f"{made_by} generator on core 1, servers on core 0; median of {repeat} rounds x {seconds:g} s")
     print("ratio: of the medians, to the first server of each block (calls/s; for 1 x 1, µs per call);")
     print("rounds: the lowest and highest per-round ratio; cpu: server / generator share of a core;")
     print("calls/cpu-s: calls per second of the server's CPU time, and its ratio to the reference's")
@@ -363,9 +396,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--baseline", type=Path, help="also run synapse serve from this checkout's code (before/after)")
+    parser.add_argument(
+        "--generator",
+        choices=["node", "raw"],
+        default="node",
+        help="node: benchmarks/node/pipelined.js; raw: rawload.py",
+    )
     options = parser.parse_args()
-    rows = measure(options.seconds, options.repeat, tuple(options.shapes), options.baseline)
-    print_table(rows, options.seconds, options.repeat)
+    rows = measure(options.seconds, options.repeat, tuple(options.shapes), options.baseline, options.generator)
+    print_table(rows, options.seconds, options.repeat, options.generator)
 
 
 if __name__ == "__main__":
