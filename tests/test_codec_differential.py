@@ -36,6 +36,7 @@ from frame_streams import (
     TEXT,
     Reference,
     Spec,
+    call,
     close_code,
     code_of,
     encode,
@@ -227,10 +228,17 @@ def limited_server() -> Iterator[RunningServer]:
         yield server
 
 
-def server_exchange(port: int, pieces: list[bytes], *, eof: bool, pause: float = 0.0) -> bytes:
+def server_exchange(
+    port: int, pieces: list[bytes], *, eof: bool, pause: float = 0.0, receive_buffer: int | None = None
+) -> bytes:
     """Write ``pieces`` after the opening handshake (``pause`` seconds apart, so that each is a read of its own),
-    half-close when ``eof``, and return every byte the server wrote after its 101 response until it hung up."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+    half-close when ``eof``, and return every byte the server wrote after its 101 response until it hung up.
+    ``receive_buffer``: this socket's SO_RCVBUF (a small one keeps the server's replies in its send queue)."""
+    with socket.socket() as sock:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(handshake_request(port))
         received = bytearray()
@@ -436,6 +444,25 @@ def assert_client_agrees(
     sent = [normal(kind, payload) for kind, payload in frames_sent(written, by_client=True)]
     assert sent == [normal(*entry) for entry in reference.sent if entry[0] != "message"]
     return seen, sent
+
+
+@pytest.mark.parametrize(("failing", "code"), [(Spec(BINARY, b"x"), 1003), (Spec(TEXT, b"\xff"), 1007)])
+def test_a_peer_still_writing_after_the_failing_frame_reads_the_close_frame(
+    limited_server: RunningServer, failing: Spec, code: int
+) -> None:
+    """A call with a 60 KB reply, the frame that fails the connection, then 20 KB more, to a peer with a small
+    receive buffer: it reads the whole reply, then the close frame. The server half-closes after the close
+    frame and drops what still arrives until the peer closes: a socket closed with data unread sends a reset,
+    and the reset discards what the kernel had not sent yet (the end of the reply, the close frame)."""
+    big = call(1, "x" * 60_000)
+    flood = [Spec(TEXT, call(number, "y" * 1000)) for number in range(20)]
+    for _ in range(3):
+        data = encode([Spec(TEXT, big), failing, *flood])
+        written = server_exchange(limited_server.port, [data], eof=True, receive_buffer=4096)
+        sent = frames_sent(written, by_client=False)
+        assert [kind for kind, _ in sent] == ["text", "close"]
+        assert json.loads(sent[0][1])["result"] == "x" * 60_000
+        assert close_code(sent[1][1]) == code
 
 
 @bounded(100)

@@ -33,6 +33,8 @@ from test_hardening import (
 )
 from websockets.sync.client import ClientConnection
 
+from synapse_cli.server.transport import CLOSE_TIMEOUT
+
 MiB = 2**20
 CONTINUATION = 0x0
 
@@ -58,14 +60,23 @@ def round_trip(ws: ClientConnection) -> float:
 
 
 def test_endless_empty_continuation_frames_are_cut_off() -> None:
-    """A message of empty fragments that never ends: closed with 1009 after a bounded number of frames."""
+    """A message of empty fragments that never ends: closed with 1009 after a bounded number of frames. The
+    peer reads the close frame although it was still sending; if it goes on sending, the server cuts the TCP
+    connection CLOSE_TIMEOUT later (it drops what arrives until then)."""
+    burst = b"".join(encode_frame(CONTINUATION, b"", fin=False) for _ in range(500))
     with running_server() as server:
         raw = RawWebSocket(server.port)
         raw.send(encode_frame(TEXT, b"[", fin=False))
-        with pytest.raises(OSError):  # the server closes while we are still sending
-            for _ in range(20):
-                raw.send(b"".join(encode_frame(CONTINUATION, b"", fin=False) for _ in range(500)))
+        for _ in range(20):
+            raw.send(burst)
+            time.sleep(0.01)
+        assert close_code_of(raw) == 1009
+        started = time.monotonic()
+        with pytest.raises(OSError):  # reset once the server closed: still sending
+            while time.monotonic() - started < 10:
+                raw.send(burst)
                 time.sleep(0.01)
+        assert time.monotonic() - started < CLOSE_TIMEOUT + 2
         raw.close()
         with open_ws(server.url) as ws:
             assert round_trip(ws) < 1

@@ -24,8 +24,14 @@ from websockets.exceptions import (
     InvalidURI,
     PayloadTooBig,
     ProtocolError,
-    TooManyFragments,
 )
+
+try:  # websockets 17 (Python 3.11+): a message in more fragments than its limit
+    from websockets.exceptions import TooManyFragments
+except ImportError:  # websockets 16, the newest on Python 3.10, has no such limit
+    _BROKEN: tuple[type[Exception], ...] = (ConnectionClosed, ProtocolError, PayloadTooBig)
+else:
+    _BROKEN = (ConnectionClosed, ProtocolError, PayloadTooBig, TooManyFragments)
 
 from synapse_cli.client.wire import HandshakeRefused
 from synapse_cli.core.errors import ConnectError, ConnectionLost, SynapseError
@@ -93,7 +99,7 @@ def translate(exc: BaseException, url: str) -> SynapseError | None:
         return ConnectError(f"invalid URL {url!r}: {exc.msg}", url=url)
     if isinstance(exc, InvalidHandshake):
         return ConnectError(f"{url}: handshake failed: {exc}", url=url)
-    if isinstance(exc, (ConnectionClosed, ProtocolError, PayloadTooBig, TooManyFragments)):
+    if isinstance(exc, _BROKEN):
         return ConnectionLost(f"connection lost: {exc}")
     if isinstance(exc, ssl.SSLError):  # before OSError: it is one
         return ConnectError(f"{url}: TLS error: {getattr(exc, 'reason', None) or exc}", url=url)

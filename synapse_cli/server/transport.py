@@ -1,17 +1,15 @@
 """The socket side of ``synapse serve`` under uvicorn, through uvicorn's public protocol settings.
 
-* :func:`websocket_protocol` makes the class given as ``uvicorn.Config(ws=...)``: our own WebSocket
-  protocol. The handshake, the closing handshake, control frames and fragmented messages go to
-  ``websockets``' public sans-I/O :class:`~websockets.server.ServerProtocol`; complete unfragmented
-  text frames, nearly every message, take a short path through our frame codec (``frames.py``)
-  straight to the connection's :class:`~synapse_cli.server.connection.Connection`. Replies written during one
-  read, or one loop iteration, leave in one ``write``.
+* :func:`websocket_protocol` makes the class given as ``uvicorn.Config(ws=...)``: our own WebSocket protocol. The
+  handshake, the closing handshake, control frames and fragmented messages go to ``websockets``' public sans-I/O
+  :class:`~websockets.server.ServerProtocol`; complete unfragmented text frames, nearly every message, take a short
+  path through our frame codec (``frames.py``) straight to the connection's ``Connection`` (connection.py).
+  Replies written during one read, or one loop iteration, leave in one ``write``.
 * its HTTP twin, ``uvicorn.Config(http=...)``, is :func:`synapse_cli.server.http.guarded_http_protocol`.
 
-Everything a peer can make the server hold is bounded where the bytes arrive: one frame by
-``--max-message-size`` (before its payload is read), a fragmented message by its size, its number of
-fragments and a deadline, pongs and replies by the transport's flow control (we stop reading while the
-peer does not read).
+Everything a peer can make the server hold is bounded where the bytes arrive: one frame by ``--max-message-size``
+(before its payload is read), a fragmented message by its size, its number of fragments and a deadline, pongs and
+replies by the transport's flow control (we stop reading while the peer does not read).
 """
 
 from __future__ import annotations
@@ -43,11 +41,7 @@ if TYPE_CHECKING:
 
     from synapse_cli.server.app import ServerState
 
-__all__ = [
-    "CLOSE_TIMEOUT",
-    "MAX_FRAGMENTS",
-    "websocket_protocol",
-]
+__all__ = ["CLOSE_TIMEOUT", "MAX_FRAGMENTS", "websocket_protocol"]
 
 logger = logging.getLogger("synapse.server")
 # websockets' own debug lines (handshake headers, frames): through the filter that keeps tokens and
@@ -111,6 +105,9 @@ class _WebSocket(ItemOutput):
         self._timers: list[asyncio.TimerHandle] = []
         self._ping: bytes | None = None  # the keepalive ping waiting for its pong
         self._closing = False
+        # Failed (not by a timeout): half-close after the close frame, drop what comes until the peer closes (or
+        # CLOSE_TIMEOUT). A socket closed with data unread resets, discarding what is unsent (the close frame).
+        self._linger = self._lingering = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # streams waiting for the peer to read
         self._writable_callbacks: list[Callable[[], None]] | None = None  # topic subscribers behind
         self._held: list[bytes] | None = None  # a close frame (and what followed it) waiting for replies
@@ -126,6 +123,8 @@ class _WebSocket(ItemOutput):
             self.peer = f"{client[0]}:{client[1]}"
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # failed, half-closed: read only to let the peer's last bytes go (see __init__)
+            return
         self._flush_soon = True  # what this read answers leaves at its end: no callback needed for it
         if self.connection is None:
             if not self._closing:
@@ -229,11 +228,8 @@ class _WebSocket(ItemOutput):
     # -- frames in ---------------------------------------------------------------------------------
 
     def _read_waits(self) -> bool:
-        """Part of a read still waits for a later turn (frames split off, or bytes not split yet).
-
-        A method, not the test written out: after ``self._waiting = None`` mypy takes the attribute to
-        stay None across the calls that set it again, and mypyc compiles that belief in.
-        """
+        """Part of a read still waits for a later turn (frames split off, or bytes not split yet). A method: after
+        ``self._waiting = None`` mypy takes it to stay None across the calls that set it, and mypyc compiles that."""
         return self._waiting is not None or self._unparsed is not None
 
     def _frames(self, data: bytes) -> None:
@@ -377,9 +373,9 @@ class _WebSocket(ItemOutput):
         self.connection.receive("".join(fragments))
         return True
 
-    def _message_late(self, fragments: list[str]) -> None:
+    def _message_late(self, fragments: list[str]) -> None:  # its deadline (``_assemble``)
         if self._fragments is fragments:
-            self._fail(1008, "fragmented message not completed in time")
+            self._fail(1008, "fragmented message not completed in time", linger=False)
             self._flush()
 
     # -- frames out --------------------------------------------------------------------------------
@@ -406,7 +402,7 @@ class _WebSocket(ItemOutput):
 
     def _set_reading(self) -> None:
         """Read while the peer reads our replies and a call slot is free; else let TCP push back."""
-        want = self._writable and not self._saturated and self._held is None and not self._yielding
+        want = self._lingering or (self._writable and not self._saturated and self._held is None and not self._yielding)
         if want is not self._reading and self.transport is not None and not self.transport.is_closing():
             self._reading = want
             if want:
@@ -445,7 +441,14 @@ class _WebSocket(ItemOutput):
             self._out.clear()
             self._out_size = 0
             transport.write(data)
-        if self._closing:
+        if not self._closing or self._lingering:
+            pass
+        elif self._linger and transport.can_write_eof():
+            self._lingering = True
+            transport.write_eof()  # after what is written: our close frame
+            self._set_reading()
+            self._later(CLOSE_TIMEOUT, transport.close)
+        else:
             transport.close()
 
     def close(self, code: int, reason: str = "") -> None:
@@ -455,8 +458,9 @@ class _WebSocket(ItemOutput):
             self._take_output()
         self._flush()
 
-    def _fail(self, code: int, reason: str) -> None:
+    def _fail(self, code: int, reason: str, linger: bool = True) -> None:
         logger.info("closing connection with %d: %s", code, reason, extra={"peer": self.peer, "code": code})
+        self._linger = linger
         self.ws.fail(code, reason)
         self._take_output()
 
@@ -476,20 +480,18 @@ class _WebSocket(ItemOutput):
             return
         settings = self.state.settings
         if self._ping is not None:
-            self._fail(1011, "keepalive ping timeout")
-            self._flush()
+            self._pong_due(self._ping)
             return
         self._ping = os.urandom(4)
         self.ws.send_ping(self._ping)
         self._take_output()
         self._flush()
-        timeout = settings.ping_timeout or settings.ping_interval
-        self._later(timeout, self._pong_due, self._ping)
+        self._later(settings.ping_timeout or settings.ping_interval, self._pong_due, self._ping)
         self._later(settings.ping_interval, self._keepalive)
 
     def _pong_due(self, ping: bytes) -> None:
         if self._ping == ping and self.ws.state is _OPEN:
-            self._fail(1011, "keepalive ping timeout")
+            self._fail(1011, "keepalive ping timeout", linger=False)
             self._flush()
 
 
