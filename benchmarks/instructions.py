@@ -37,6 +37,7 @@ import asyncio
 import gc
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -44,8 +45,6 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from synapse_cli import compiled  # noqa: E402  (this checkout's list, whatever is installed)
 
 FORMATS = {
     "seed": '{"id": "%d", "op": "call", "func": "add_numbers", "args": [1, 2]}',
@@ -135,6 +134,11 @@ STEPS = (
 PURE = {"SYNAPSE_PURE": "1"}
 
 
+def environ(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without SYNAPSE_PURE, then ``extra``."""
+    return {**{key: value for key, value in os.environ.items() if key != "SYNAPSE_PURE"}, **extra}
+
+
 def build_step(modules: list[str], directory: Path) -> Path:
     """A copy of this checkout in ``directory`` with only ``modules`` compiled (built in place)."""
     root = HERE.parent
@@ -149,11 +153,10 @@ def build_step(modules: list[str], directory: Path) -> Path:
     start, end = text.index("MODULES = ("), text.index(")\n", text.index("MODULES = ("))
     listed = "".join(f'    "synapse_cli.{module}",\n' for module in modules)
     selector.write_text(text[:start] + "MODULES = (\n" + listed + text[end:])
-    env = {key: value for key, value in os.environ.items() if key != "SYNAPSE_PURE"}
     built = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
         cwd=directory,
-        env=env,
+        env=environ({}),
         capture_output=True,
         text=True,
     )
@@ -169,13 +172,12 @@ def count(
     command = [sys.executable, __file__, "--child", str(code), shape, str(requests), str(per_read), loop]
     if build_only:
         command.append("build-only")
-    environ = {key: value for key, value in os.environ.items() if key != "SYNAPSE_PURE"}
     result = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
         capture_output=True,
         text=True,
         check=False,
-        env={**environ, **env},
+        env=environ(env),
     )
     found = re.search(r"Collected : (\d+)", result.stderr)
     if result.returncode != 0 or found is None:
@@ -213,7 +215,8 @@ def main() -> None:
             codes.append(("pure Python", HERE.parent, PURE))
             modules: list[str] = []
             grouped = [f"synapse_cli.{module}" for _, group in STEPS for module in group]
-            assert sorted(grouped) == sorted(compiled.MODULES), "STEPS must name each of compiled.MODULES once"
+            selector = runpy.run_path(str(HERE.parent / "synapse_cli" / "compiled.py"))  # as setup.py reads it
+            assert sorted(grouped) == sorted(selector["MODULES"]), "STEPS must name each of compiled.MODULES once"
             for index, (name, group) in enumerate(STEPS):
                 modules += group
                 print(f"building step {index + 1}/{len(STEPS)} ({name}) ...", file=sys.stderr, flush=True)

@@ -319,7 +319,7 @@ def measure(
     baseline: Path | None = None,
     generator: str = "node",
 ) -> list[Row]:
-    """All servers up at once (core 0), loaded in turn by the Node generator (core 1), round after round.
+    """All servers up at once (core 0), loaded in turn by the generator (core 1), round after round.
 
     Interleaving the rounds spreads the machine's drifts over every server instead of favouring the one
     measured in a quiet minute; the servers of one comparison run back to back, for per-round ratios.

@@ -441,15 +441,14 @@ class _WebSocket(ItemOutput):
             self._out.clear()
             self._out_size = 0
             transport.write(data)
-        if not self._closing or self._lingering:
-            pass
-        elif self._linger and transport.can_write_eof():
-            self._lingering = True
-            transport.write_eof()  # after what is written: our close frame
-            self._set_reading()
-            self._later(CLOSE_TIMEOUT, transport.close)
-        else:
-            transport.close()
+        if self._closing and not self._lingering:
+            if self._linger and transport.can_write_eof():
+                self._lingering = True
+                transport.write_eof()  # after what is written: our close frame
+                self._set_reading()
+                self._later(CLOSE_TIMEOUT, transport.close)
+            else:
+                transport.close()
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; the peer has ``CLOSE_TIMEOUT`` seconds to answer."""
