@@ -183,6 +183,10 @@ class FrameReader:
         return self._frames(consumed, spans) if spans else []
 
     def _frames(self, consumed: bytes, spans: list[tuple[int, int, int, int]]) -> list[Frame]:
+        if self.masked and len(spans) == 1:  # a client waiting for each reply: one frame, its payload alone
+            first, head, start, end = spans[0]
+            payload = mask_payload(consumed[start:end], consumed[start - 4 : start])
+            return [Frame(first >= 0x80, first & 0x0F, payload, consumed, head, end)]
         plain = _unmask(consumed, spans) if self.masked else consumed
         return [
             Frame(first >= 0x80, first & 0x0F, plain[start:end], consumed, head, end)
