@@ -4,12 +4,15 @@ Servers, all up at once and pinned to core 0 where the OS allows:
   * bare Starlette + orjson (benchmarks/reference/bare_starlette.py) — the reference for the native shapes;
   * raw websockets + orjson (benchmarks/reference/raw_websockets.py) — informational, three-key shape only;
   * npm rpc-websockets (benchmarks/node/rpc_server.js, Node) — the reference for JSON-RPC 2.0;
-  * synapse serve (full validation, per-call concurrency, metrics).
+  * synapse serve (full validation, per-call concurrency, metrics);
+  * a C floor (benchmarks/reference/limit_server.c, built with gcc at run time, left out without it) in the
+    seed and JSON-RPC comparisons: one thread on epoll, the framing and an id copied into a fixed reply, no
+    JSON parse — not a server, what is left of a call on one core.
 Generator: Node `ws` (benchmarks/node/pipelined.js, pinned to core 1), add_numbers(1, 2) in three shapes:
   * seed:      {"id": "17", "op": "call", "func": "add_numbers", "args": [1, 2]}, string ids "1", "2", ...
-               (the seed's canonical request): synapse vs bare Starlette;
+               (the seed's canonical request): synapse vs bare Starlette, and the C floor;
   * jsonrpc:   {"jsonrpc": "2.0", "id": 17, "method": "add_numbers", "params": [1, 2]}, number ids:
-               synapse vs rpc-websockets;
+               synapse vs rpc-websockets, and the C floor;
   * three-key: {"func": "add_numbers", "args": [1, 2], "id": 17}, number ids — the shape of the figures in
                benchmarks/README.md before issue 10, kept so they stay comparable: synapse vs bare Starlette
                and raw websockets.
@@ -61,6 +64,7 @@ RAW_WEBSOCKETS = "raw websockets + orjson"
 RPC_WEBSOCKETS = "rpc-websockets (Node)"
 SYNAPSE = "synapse serve"
 BASELINE = "synapse serve, --baseline code"
+C_FLOOR = "C floor (reference/limit_server.c)"
 NODE_PACKAGES = ("ws", "rpc-websockets")  # benchmarks/node/package.json
 
 THREE_KEY_BODY = '{"func": "add_numbers", "args": [1, 2], "id": 0}'
@@ -85,8 +89,8 @@ class Shape:
 
 
 SHAPES = {
-    "seed": Shape("seed", SEED_BODY, "string", (REFERENCE, SYNAPSE)),
-    "jsonrpc": Shape("jsonrpc", JSONRPC_BODY, "number", (RPC_WEBSOCKETS, SYNAPSE)),
+    "seed": Shape("seed", SEED_BODY, "string", (REFERENCE, SYNAPSE, C_FLOOR)),
+    "jsonrpc": Shape("jsonrpc", JSONRPC_BODY, "number", (RPC_WEBSOCKETS, SYNAPSE, C_FLOOR)),
     "three-key": Shape(
         "three-key", THREE_KEY_BODY, "number", (REFERENCE, RAW_WEBSOCKETS, SYNAPSE), (PIPELINED_16, SEQUENTIAL)
     ),
@@ -190,8 +194,28 @@ def find_node() -> str:
     return str(shutil.which("node"))
 
 
-def servers(port: int, baseline: Path | None = None) -> dict[str, list[str]]:
-    """Each server's command; BASELINE (with ``baseline``) is synapse serve run from that checkout's code."""
+def build_floor(directory: Path) -> Path | None:
+    """benchmarks/reference/limit_server.c built with gcc into ``directory``; None (and why, on stderr) if not."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        print(f"servers.py: no gcc, so no {C_FLOOR} row", file=sys.stderr)
+        return None
+    binary = directory / "limit_server"
+    source = HERE / "reference" / "limit_server.c"
+    build = subprocess.run([gcc, "-O2", "-o", str(binary), str(source), "-lcrypto"], capture_output=True, text=True)
+    if build.returncode != 0:
+        lines = [line.strip() for line in build.stderr.splitlines() if line.strip()] or [f"exit {build.returncode}"]
+        why = next((line for line in lines if "error" in line or "cannot find" in line), lines[-1])
+        print(f"servers.py: gcc could not build {source.name} (no {C_FLOOR} row): {why}", file=sys.stderr)
+        return None
+    return binary
+
+
+def servers(port: int, baseline: Path | None = None, floor: Path | None = None) -> dict[str, list[str]]:
+    """Each server's command; BASELINE (with ``baseline``) is synapse serve run from that checkout's code.
+
+    C_FLOOR's is ``floor``, the binary build_floor made.
+    """
     python, synapse = sys.executable, str(Path(sys.executable).parent / "synapse")
     older = ["env", f"PYTHONPATH={baseline}", python, "-m", "synapse_cli"] if baseline else []
     return {
@@ -200,6 +224,7 @@ def servers(port: int, baseline: Path | None = None) -> dict[str, list[str]]:
         RAW_WEBSOCKETS: [python, str(HERE / "reference" / "raw_websockets.py"), str(port)],
         RPC_WEBSOCKETS: [shutil.which("node") or "node", str(HERE / "node" / "rpc_server.js"), str(port)],
         SYNAPSE: [synapse, "serve", "--port", str(port), "--log-level", "warning"],
+        C_FLOOR: [str(floor) if floor else "limit_server", str(port)],
     }
 
 
@@ -323,7 +348,8 @@ def measure(
 
     Interleaving the rounds spreads the machine's drifts over every server instead of favouring the one
     measured in a quiet minute; the servers of one comparison run back to back, for per-round ratios.
-    With ``baseline`` (a checkout of older synapse code), its synapse serve runs next to this one.
+    With ``baseline`` (a checkout of older synapse code), its synapse serve runs next to this one. The C
+    floor is built into a temporary directory first; without gcc (or if the build fails) its rows are left out.
     """
     node = find_node()
     if generator == "raw" and "three-key" in shapes:
@@ -331,6 +357,10 @@ def measure(
     if baseline is not None and not (baseline / "synapse_cli" / "__init__.py").exists():
         raise SystemExit(f"--baseline {baseline}: no synapse_cli/ there")
     lineup = {shape: with_baseline(SHAPES[shape], baseline) for shape in shapes}
+    build = tempfile.TemporaryDirectory(prefix="limit_server-")  # the C floor's binary, removed at the end
+    floor = build_floor(Path(build.name)) if any(C_FLOOR in lineup[shape] for shape in shapes) else None
+    if floor is None:
+        lineup = {shape: tuple(name for name in lineup[shape] if name != C_FLOOR) for shape in shapes}
     names = list(dict.fromkeys(name for shape in shapes for name in lineup[shape]))
     ports: dict[str, int] = {}
     for name in names:
@@ -342,7 +372,7 @@ def measure(
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name in names:
-            command = [*pinned(0), *servers(ports[name], baseline)[name]]
+            command = [*pinned(0), *servers(ports[name], baseline, floor)[name]]
             processes[name] = start_server(command, urls[name], probe(name))
         for _ in range(repeat):
             for row in rows:
@@ -359,6 +389,7 @@ def measure(
         for process in processes.values():
             process.terminate()
             process.wait(10)
+        build.cleanup()
     return rows
 
 

@@ -17,6 +17,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 
+import websockets.exceptions
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -26,15 +27,15 @@ from websockets.exceptions import (
     ProtocolError,
 )
 
-try:  # websockets 17 (Python 3.11+): a message in more fragments than its limit
-    from websockets.exceptions import TooManyFragments
-except ImportError:  # websockets 16, the newest on Python 3.10, has no such limit
-    _BROKEN: tuple[type[Exception], ...] = (ConnectionClosed, ProtocolError, PayloadTooBig)
-else:
-    _BROKEN = (ConnectionClosed, ProtocolError, PayloadTooBig, TooManyFragments)
-
 from synapse_cli.client.wire import HandshakeRefused
 from synapse_cli.core.errors import ConnectError, ConnectionLost, SynapseError
+
+# websockets 17 (Python 3.11+) refuses a message in more fragments than its limit; 16, the newest on Python
+# 3.10, has no such limit nor class (looked up, not imported: mypy checks against whichever is installed).
+_TOO_MANY_FRAGMENTS = getattr(websockets.exceptions, "TooManyFragments", None)
+_BROKEN: tuple[type[Exception], ...] = (ConnectionClosed, ProtocolError, PayloadTooBig) + (
+    (_TOO_MANY_FRAGMENTS,) if _TOO_MANY_FRAGMENTS is not None else ()
+)
 
 __all__ = ["mapped", "tls_context", "translate"]
 
