@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# pytest-xdist workers for the suite: one per core (auto); JOBS=0 runs it in this one process.
+JOBS   ?= auto
 
 .PHONY: serve test test-pure lint docs bench venv clean
 
@@ -41,11 +43,11 @@ docs: $(VENV)/.installed-docs
 
 # The install compiles the request path with mypyc where it can (setup.py); the suite then runs compiled.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS)
 
 # The same suite on the pure-Python modules (SYNAPSE_PURE=1), as an install without a C compiler runs.
 test-pure: $(VENV)/.installed-dev
-	SYNAPSE_PURE=1 $(BIN)/python -m pytest
+	SYNAPSE_PURE=1 $(BIN)/python -m pytest -n $(JOBS)
 
 # Speed, measured against references in the same run (never in timed unit tests): see benchmarks/README.md.
 bench: $(VENV)/.installed-dev

@@ -58,11 +58,13 @@ class BuildExt(build_ext):
     """Builds the compiled modules and their manifest; builds none, and says so, if any fails.
 
     mypyc runs here, when extensions are built, not when setup.py is read (pip reads it several times
-    for an install's metadata): until then ``ext_modules`` holds one placeholder.
+    for an install's metadata): until then ``ext_modules`` holds one placeholder. ``sdist`` and
+    ``egg_info`` (the metadata step of every pip install) finalize this command too, only to list the
+    sources: they keep the placeholder, so mypyc (15-25 s) runs once per build, not once per step.
     """
 
     def finalize_options(self) -> None:
-        if self.distribution.ext_modules == PLACEHOLDER:
+        if self.distribution.ext_modules == PLACEHOLDER and BUILDING.intersection(self.distribution.commands):
             self.distribution.ext_modules = mypyc_extensions()
         super().finalize_options()
 
@@ -88,6 +90,8 @@ class BuildExt(build_ext):
         return [*super().get_outputs(), str(self.manifest())] if self.extensions else []
 
 
+# The commands that build extension modules (pip's wheel and editable builds, setup.py build_ext --inplace).
+BUILDING = frozenset({"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install", "bdist_egg"})
 # The placeholder says the build has extension modules (a platform wheel); SYNAPSE_PURE=1: none at all.
 PLACEHOLDER = [] if pure_requested() else [Extension(SELECTOR["MODULES"][0], sources=[])]
 if pure_requested():

@@ -94,6 +94,8 @@ def test_oversized_frame_fails_before_its_payload_arrives() -> None:
         (encode_frame(OP_PING, b"p" * 126, mask=True), True, 1002),  # control frame over 125 bytes
         (encode_frame(OP_CLOSE, b"", fin=False, mask=True), True, 1002),  # fragmented control frame
     ],
+    # names, not the bytes: masked frames hold a random key, and pytest-xdist's workers must collect the same ids
+    ids=["unmasked", "masked-to-a-client", "rsv1", "opcode-3", "long-ping", "fragmented-close"],
 )
 def test_framing_violations_fail_with_their_close_code(data: bytes, masked: bool, code: int) -> None:
     """Each violation of RFC 6455 §5 raises FrameError with the code to close with."""
