@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pydantic
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from synapse_cli.core import protocol
@@ -870,12 +870,17 @@ messages = json_values | request_like | st.lists(request_like | json_values, max
 
 
 def check_items(frame: Frame) -> None:
-    """Every item is a Request or an Invalid with a spec code whose reply encodes to valid JSON."""
+    """Every item is a Request, a peer's Reply (to a server-to-client call: matched by its id, never
+    answered), or an Invalid with a spec code whose reply encodes to valid JSON."""
     assert len(frame.items) >= 1
     for item in frame.items:
         if isinstance(item, Request):
             assert item.kind in (CALL, LIST, CANCEL, DISCOVER)
             assert item.dialect in (NATIVE, JSONRPC)
+            continue
+        if isinstance(item, Reply):  # {"result" | "error", ...} and nothing of a request
+            malformed = item.kind == "invalid" and item.error is not None and item.error.code == INVALID_REQUEST
+            assert item.kind == "reply" or malformed
             continue
         assert isinstance(item, Invalid)
         assert type(item.error.code) is int
@@ -888,8 +893,9 @@ def check_items(frame: Frame) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(messages)
+@example([{"error": None}])  # reply-shaped: a Reply (id None, matched to no call), found by hypothesis
 def test_any_json_value_decodes_without_raising(value: Any) -> None:
-    """Any JSON value yields at least one Request or Invalid, and every Invalid encodes to a JSON reply."""
+    """Any JSON value yields at least one Request, Reply or Invalid; every Invalid encodes to a JSON reply."""
     check_items(decode_frame(json.dumps(value)))
 
 
