@@ -8,6 +8,7 @@ real servers and real clients are in tests/test_streams.py and tests/test_resume
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -208,10 +209,13 @@ async def test_items_iterates_in_process_and_since_replays() -> None:
     received: list[Any] = []
 
     async def read() -> None:
-        async for value in topic.items(since=0):
-            received.append(value)
-            if len(received) == 2:
-                return
+        # aclosing: leaving an async for does not close its async generator (Python finalizes it later,
+        # on Python 3.13 after the wait_for below); closing it unsubscribes at once
+        async with contextlib.aclosing(topic.items(since=0)) as items:
+            async for value in items:
+                received.append(value)
+                if len(received) == 2:
+                    return
 
     reader = asyncio.ensure_future(read())
     await asyncio.sleep(0)
