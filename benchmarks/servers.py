@@ -224,7 +224,7 @@ def servers(port: int, baseline: Path | None = None, floor: Path | None = None) 
         RAW_WEBSOCKETS: [python, str(HERE / "reference" / "raw_websockets.py"), str(port)],
         RPC_WEBSOCKETS: [shutil.which("node") or "node", str(HERE / "node" / "rpc_server.js"), str(port)],
         SYNAPSE: [synapse, "serve", "--port", str(port), "--log-level", "warning"],
-        C_FLOOR: [str(floor) if floor else "limit_server", str(port)],
+        **({C_FLOOR: [str(floor), str(port)]} if floor else {}),  # measure leaves its rows out without one
     }
 
 
